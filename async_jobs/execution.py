@@ -1,0 +1,126 @@
+"""Running one claimed job and recording what happened, atomically.
+
+The worker's transaction holds the job's row lock. The function runs inside a
+savepoint of that transaction:
+
+* it returns: the row is marked ``succeeded`` with its ``result`` and the
+  transaction commits the job's writes and that marker together;
+* it raises: the savepoint is rolled back (the job's writes vanish), then an
+  ``Error`` row and the retry or ``failed`` status are written in the same
+  transaction, still under the row lock, so no other worker can run the job
+  between the failure and its record;
+* the process dies: the database rolls the whole transaction back and the row
+  is ``pending`` and unlocked again.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from async_jobs.conf import jobs_database, jobs_settings
+from async_jobs.functions import FunctionNotAllowed, resolve
+from async_jobs.models import Error, Job
+from async_jobs.retrying import retry_delay
+from async_jobs.serialization import check_json
+
+logger = logging.getLogger("async_jobs")
+
+#: Errors no retry can fix: the job fails at once.
+PERMANENT_ERRORS = (FunctionNotAllowed,)
+
+_RECORDED_FIELDS = ["status", "result", "attempts", "started", "finished", "run_after"]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt of a job came to."""
+
+    SUCCEEDED = "succeeded"
+    RETRY = "retry"
+    FAILED = "failed"
+
+    job: Job
+    status: str
+    duration: float
+    exception: Exception | None = None
+
+
+def run_claimed(job: Job, using: str) -> Outcome:
+    """Run a job whose row the current transaction has locked; record it."""
+    job.attempts += 1
+    job.started = timezone.now()
+    began = time.monotonic()
+    try:
+        with transaction.atomic(using=using):
+            function = resolve(job.name)
+            result = function(*job.args, **job.kwargs)
+            check_json(result, "result")
+            job.status = Job.Status.SUCCEEDED
+            job.result = result
+            job.finished = timezone.now()
+            job.save(using=using, update_fields=_RECORDED_FIELDS)
+    except Exception as exc:
+        return _record_failure(job, using, exc, time.monotonic() - began)
+    duration = time.monotonic() - began
+    logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, duration)
+    return Outcome(job, Outcome.SUCCEEDED, duration)
+
+
+def _record_failure(job: Job, using: str, exc: Exception, duration: float) -> Outcome:
+    now = timezone.now()
+    Error.objects.using(using).create(
+        job=job,
+        attempt=job.attempts,
+        exception=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
+        traceback="".join(traceback.format_exception(exc)),
+        occurred=now,
+    )
+    job.status = Job.Status.PENDING
+    job.result = None
+    if job.attempts >= job.max_attempts or isinstance(exc, PERMANENT_ERRORS):
+        job.status = Job.Status.FAILED
+        job.finished = now
+        status = Outcome.FAILED
+        then = "failed for good"
+    else:
+        job.run_after = now + retry_delay(job.attempts, jobs_settings())
+        status = Outcome.RETRY
+        then = f"retry at {job.run_after.isoformat()}"
+    job.save(using=using, update_fields=_RECORDED_FIELDS)
+    logger.error(
+        "Job %s %s raised on attempt %s of %s, %s",
+        job.pk,
+        job.name,
+        job.attempts,
+        job.max_attempts,
+        then,
+        exc_info=exc,
+    )
+    return Outcome(job, status, duration, exc)
+
+
+def execute_now(job: Job) -> Any:
+    """Run a pending job in this process, with a worker's bookkeeping."""
+    if job.pk is None:
+        raise ValueError("This job has not been saved yet, so it can't run.")
+    using = job._state.db or jobs_database()
+    with transaction.atomic(using=using):
+        # Waits for a worker that is running it right now, then sees its outcome.
+        locked = Job.objects.using(using).select_for_update().get(pk=job.pk)
+        if locked.status != Job.Status.PENDING:
+            raise ValueError(
+                f"Job {job.pk} is {locked.status}; only a pending job can run."
+            )
+        outcome = run_claimed(locked, using)
+    for field in _RECORDED_FIELDS:
+        setattr(job, field, getattr(locked, field))
+    if outcome.exception is not None:
+        raise outcome.exception
+    return locked.result

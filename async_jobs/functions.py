@@ -1,0 +1,111 @@
+"""Which functions a job may name, and how a name becomes a callable.
+
+A job row holds a dotted path, never code. The path is checked against the
+allow-list *before* anything is imported, at ``schedule()`` and again when the
+job runs, so a row written by hand can't make a worker call ``os.system``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from collections.abc import Callable
+from importlib import import_module
+from typing import Any
+
+from django.apps import apps
+from django.conf import settings
+
+from async_jobs.conf import jobs_settings
+
+
+class FunctionNotAllowed(ValueError):
+    """The dotted path is outside the modules jobs may run."""
+
+
+def function_path(function: str | Callable[..., Any]) -> str:
+    """The dotted path that names ``function``, refusing what can't be named."""
+    if isinstance(function, str):
+        return function
+    if not callable(function):
+        raise TypeError(
+            f"function must be a dotted path or a callable, not "
+            f"{type(function).__name__}."
+        )
+    if inspect.ismethod(function):
+        raise ValueError(
+            f"{function!r} is a bound method; schedule a module-level function instead."
+        )
+    module = getattr(function, "__module__", None)
+    qualname = getattr(function, "__qualname__", None)
+    if not module or not qualname:
+        raise ValueError(f"{function!r} has no importable dotted path.")
+    if "<lambda>" in qualname:
+        raise ValueError("A lambda can't be scheduled: it has no dotted path.")
+    if "<locals>" in qualname or "." in qualname:
+        raise ValueError(
+            f"{module}.{qualname} is not a module-level function; jobs can only "
+            "name functions defined at the top level of a module."
+        )
+    if module == "__main__":
+        raise ValueError(
+            f"{qualname} is defined in __main__, which a worker can't import."
+        )
+    return f"{module}.{qualname}"
+
+
+def default_allowed_modules() -> tuple[str, ...]:
+    """The project's own code: installed apps and the settings' package.
+
+    Django itself and the standard library are never in it, even when listed
+    among ``INSTALLED_APPS`` (``django.contrib.*``).
+    """
+    names = [config.name for config in apps.get_app_configs()]
+    settings_module = getattr(settings, "SETTINGS_MODULE", None)
+    if settings_module and "." in settings_module:
+        names.append(settings_module.rpartition(".")[0])
+    return tuple(
+        name
+        for name in dict.fromkeys(names)
+        if name.partition(".")[0] not in sys.stdlib_module_names
+        and name.partition(".")[0] != "django"
+    )
+
+
+def allowed_modules() -> tuple[str, ...]:
+    configured = jobs_settings().allowed_modules
+    return default_allowed_modules() if configured is None else configured
+
+
+def check_allowed(path: str) -> None:
+    """Refuse ``path`` unless it lies inside an allowed module."""
+    allowed = allowed_modules()
+    if not any(path.startswith(module + ".") for module in allowed):
+        raise FunctionNotAllowed(
+            f"{path!r} is not in a module jobs may run. Allowed modules: "
+            f"{', '.join(allowed) or '(none)'}; widen them with "
+            "ASYNC_JOBS['ALLOWED_MODULES']."
+        )
+
+
+def resolve(path: str) -> Callable[..., Any]:
+    """Import the function a job names, after checking it is allowed."""
+    if not isinstance(path, str) or "." not in path:
+        raise ValueError(
+            f"{path!r} is not a dotted path like 'app.tasks.send_receipt'."
+        )
+    check_allowed(path)
+    module_path, _, attribute = path.rpartition(".")
+    try:
+        module = import_module(module_path)
+    except ImportError as exc:
+        raise ImportError(f"Can't import {module_path!r} for {path!r}: {exc}") from exc
+    try:
+        function = getattr(module, attribute)
+    except AttributeError:
+        raise ImportError(
+            f"Module {module_path!r} has no attribute {attribute!r} ({path!r})."
+        ) from None
+    if not callable(function) or inspect.isclass(function):
+        raise ValueError(f"{path!r} is not a function.")
+    return function

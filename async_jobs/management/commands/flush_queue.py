@@ -1,0 +1,84 @@
+from __future__ import annotations
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db import DatabaseError
+
+from async_jobs.conf import jobs_database, jobs_settings
+from async_jobs.execution import Outcome
+from async_jobs.readiness import DatabaseNotReady, check_database_ready
+from async_jobs.worker import Worker, WorkerAborted, stop_on_signals
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError(value)
+    return number
+
+
+class Command(BaseCommand):
+    help = (
+        "Run the jobs that are due, each in its own transaction, then exit. "
+        "Run it from cron, or as a worker."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--jobs",
+            type=positive_int,
+            metavar="N",
+            help="Run at most N jobs, then exit.",
+        )
+        parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            default=[],
+            metavar="NAME",
+            help="Only run jobs of this queue (repeat for several). Default: all.",
+        )
+
+    def handle(self, *, jobs: int | None, queues: list[str], **options) -> None:
+        configured = jobs_settings().queues
+        unknown = [name for name in queues if configured and name not in configured]
+        if unknown:
+            raise CommandError(
+                f"Unknown queue(s) {', '.join(map(repr, unknown))}; "
+                f"ASYNC_JOBS['QUEUES'] is {', '.join(map(repr, configured))}."
+            )
+        using = jobs_database()
+        try:
+            check_database_ready(using)
+        except DatabaseNotReady as exc:
+            raise CommandError(str(exc)) from exc
+        worker = Worker(
+            using=using,
+            queues=queues,
+            max_jobs=jobs,
+            on_outcome=self.report if options["verbosity"] >= 2 else None,
+        )
+        try:
+            with stop_on_signals(worker):
+                worker.run()
+        except WorkerAborted as exc:
+            raise CommandError(
+                f"{exc}: the running job was rolled back and stays pending. "
+                f"{worker.summary()}"
+            ) from exc
+        except DatabaseError as exc:
+            raise CommandError(
+                f"Database {using!r} failed during the run: {exc}".strip()
+                + f"; the running job was rolled back and stays pending. "
+                f"{worker.summary()}"
+            ) from exc
+        self.stdout.write(worker.summary())
+
+    def report(self, outcome: Outcome) -> None:
+        job = outcome.job
+        line = (
+            f"{job.pk} {job.name} {outcome.status} "
+            f"(attempt {job.attempts}/{job.max_attempts}, {outcome.duration:.3f}s)"
+        )
+        if outcome.exception is not None:
+            line += f": {type(outcome.exception).__name__}: {outcome.exception}"
+        self.stdout.write(line)

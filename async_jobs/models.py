@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import models, transaction
+from django.db.models import Q
+from django.utils import timezone
+
+
+class Job(models.Model):
+    """One scheduled call of a function, kept after it runs for audit."""
+
+    class Status(models.TextChoices):
+        PENDING = "pending"
+        SUCCEEDED = "succeeded"
+        FAILED = "failed"
+        CANCELLED = "cancelled"
+
+    name = models.CharField(max_length=255, help_text="Dotted path of the function.")
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    meta = models.JSONField(default=dict, blank=True)
+    queue = models.CharField(max_length=100, default="default")
+    priority = models.SmallIntegerField(default=0)
+    status = models.CharField(
+        max_length=10, choices=Status.choices, default=Status.PENDING
+    )
+    run_after = models.DateTimeField(default=timezone.now)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    started = models.DateTimeField(
+        null=True, blank=True, help_text="Start of the last attempt."
+    )
+    finished = models.DateTimeField(null=True, blank=True)
+    attempts = models.PositiveIntegerField(default=0)
+    max_attempts = models.PositiveIntegerField(default=1)
+    result = models.JSONField(null=True, blank=True)
+
+    class Meta:
+        indexes = [
+            # Serves the claim query: due pending jobs of some queues, best first.
+            models.Index(
+                fields=["queue", "-priority", "run_after", "id"],
+                condition=Q(status="pending"),
+                name="async_jobs_job_claim_idx",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name} #{self.pk} ({self.status})"
+
+    def execute(self) -> Any:
+        """Run this pending job now, in this process, as a worker would.
+
+        Returns the function's result. If the function raises, the failure is
+        recorded (an ``Error`` row, a retry or ``failed``) and the exception is
+        raised again.
+        """
+        from async_jobs.execution import execute_now
+
+        return execute_now(self)
+
+    __call__ = execute
+
+    def cancel(self) -> None:
+        """Cancel this job; only a pending job can be cancelled.
+
+        A job that a worker is running right now is waited for, then refused.
+        """
+        from async_jobs.conf import jobs_database
+
+        using = self._state.db or jobs_database()
+        with transaction.atomic(using=using):
+            now = timezone.now()
+            cancelled = (
+                Job.objects.using(using)
+                .filter(pk=self.pk, status=Job.Status.PENDING)
+                .update(status=Job.Status.CANCELLED, finished=now)
+            )
+            if not cancelled:
+                self.refresh_from_db(using=using, fields=["status"])
+                raise ValueError(
+                    f"Job {self.pk} is {self.status}; only a pending job can be "
+                    "cancelled."
+                )
+        self.status = Job.Status.CANCELLED
+        self.finished = now
+
+
+class Error(models.Model):
+    """One failed attempt of a job."""
+
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="errors")
+    attempt = models.PositiveIntegerField()
+    exception = models.TextField(help_text="Exception class path and message.")
+    traceback = models.TextField()
+    occurred = models.DateTimeField(default=timezone.now)
+
+    class Meta:
+        ordering = ["job", "attempt"]
+
+    def __str__(self) -> str:
+        return f"Job {self.job_id}, attempt {self.attempt}: {self.exception}"

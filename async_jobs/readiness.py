@@ -1,0 +1,40 @@
+"""Whether the jobs' database can be used: reachable, and migrated.
+
+Commands run from cron check this first, so a down or unmigrated database
+gives one clear line and a non-zero exit instead of a traceback per job.
+"""
+
+from __future__ import annotations
+
+from django.db import DatabaseError, connections
+from django.db.migrations.loader import MigrationLoader
+
+
+class DatabaseNotReady(Exception):
+    """The jobs' database can't be used; the message says why."""
+
+
+def check_database_ready(using: str) -> None:
+    connection = connections[using]
+    where = f"database {using!r} ({connection.vendor})"
+    try:
+        connection.ensure_connection()
+    except DatabaseError as exc:
+        raise DatabaseNotReady(f"Can't connect to {where}: {exc}".strip()) from exc
+    try:
+        loader = MigrationLoader(connection, ignore_no_migrations=True)
+    except DatabaseError as exc:
+        raise DatabaseNotReady(
+            f"Can't read the applied migrations of {where}: {exc}".strip()
+        ) from exc
+    missing = [
+        name
+        for app, name in loader.graph.leaf_nodes("async_jobs")
+        if (app, name) not in loader.applied_migrations
+    ]
+    if missing:
+        raise DatabaseNotReady(
+            f"The async_jobs migrations are not applied to {where} "
+            f"(missing {', '.join(missing)}); run "
+            f"'python manage.py migrate async_jobs --database {using}'."
+        )

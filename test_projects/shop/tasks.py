@@ -1,0 +1,46 @@
+"""Real job functions the tests schedule; they write to the shop's tables."""
+
+import time
+
+from shop.models import Mark, Order, Receipt
+
+
+def send_receipt(order_id: int) -> int:
+    return Receipt.objects.create(order=Order.objects.get(pk=order_id)).pk
+
+
+def noop() -> None:
+    return None
+
+
+def add(a: int, b: int) -> int:
+    return a + b
+
+
+def echo(*args, **kwargs) -> dict:
+    return {"args": list(args), "kwargs": kwargs}
+
+
+def record(label: str) -> str:
+    Mark.objects.create(label=label)
+    return label
+
+
+def write_then_fail(label: str) -> None:
+    Mark.objects.create(label=label)
+    raise RuntimeError(f"failed after writing {label}")
+
+
+def write_then_return_datetime(label: str):
+    Mark.objects.create(label=label)
+    return Order._meta.get_field("id")  # not JSON: the job must fail
+
+
+def write_then_sleep(label: str, seconds: float) -> str:
+    Mark.objects.create(label=label)
+    time.sleep(seconds)
+    return label
+
+
+class NotAFunction:
+    pass

@@ -1,0 +1,92 @@
+"""Settings of the project the tests run in.
+
+The database is SQLite unless ``ASYNC_JOBS_DATABASE_URL`` names a PostgreSQL
+server (``runtests.py --postgres`` sets it). ``ASYNC_JOBS_DB_NAME`` points a
+process at an existing database, such as the test database of the pytest run
+that started it.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+SECRET_KEY = "async-jobs-tests-only"
+DEBUG = True
+USE_TZ = True
+TIME_ZONE = "UTC"
+ALLOWED_HOSTS = ["*"]
+ROOT_URLCONF = "testproject.urls"
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "async_jobs",
+    "shop",
+]
+
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+]
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ]
+        },
+    }
+]
+
+
+def database_from_url(url: str) -> dict:
+    parts = urlsplit(url)
+    if parts.scheme not in ("postgres", "postgresql"):
+        raise ValueError(f"ASYNC_JOBS_DATABASE_URL must be postgres://…, not {url}")
+    return {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": unquote(parts.path.lstrip("/")) or "postgres",
+        "USER": unquote(parts.username or ""),
+        "PASSWORD": unquote(parts.password or ""),
+        "HOST": parts.hostname or "",
+        "PORT": str(parts.port or ""),
+    }
+
+
+if os.environ.get("ASYNC_JOBS_DATABASE_URL"):
+    default = database_from_url(os.environ["ASYNC_JOBS_DATABASE_URL"])
+else:
+    sqlite_dir = Path(tempfile.gettempdir()) / f"async_jobs_tests_{os.getuid()}"
+    sqlite_dir.mkdir(exist_ok=True)
+    default = {
+        "ENGINE": "django.db.backends.sqlite3",
+        "NAME": str(sqlite_dir / "db.sqlite3"),
+        # A file, not memory, so the worker processes a test starts see it.
+        "TEST": {"NAME": str(sqlite_dir / f"test_{os.getpid()}.sqlite3")},
+    }
+if os.environ.get("ASYNC_JOBS_DB_NAME"):
+    default["NAME"] = os.environ["ASYNC_JOBS_DB_NAME"]
+DATABASES = {"default": default}
+
+ASYNC_JOBS = {"BACKOFF_JITTER": 0.25}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "handlers": {"console": {"class": "logging.StreamHandler"}},
+    "loggers": {"async_jobs": {"handlers": ["console"], "level": "WARNING"}},
+}

@@ -1,0 +1,238 @@
+"""schedule(): the job joins the caller's transaction; bad input is refused."""
+
+import threading
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pytest
+from django.core.exceptions import ImproperlyConfigured
+from django.db import connection, transaction
+from django.test import override_settings
+from django.utils import timezone
+from shop import tasks
+from shop.models import Order
+
+from async_jobs import Job, schedule
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+class Boom(Exception):
+    pass
+
+
+def count_jobs_from_another_connection() -> int:
+    """What a worker would see: a count read on a separate connection."""
+    counted = []
+
+    def read():
+        try:
+            counted.append(Job.objects.count())
+        finally:
+            connection.close()
+
+    thread = threading.Thread(target=read)
+    thread.start()
+    thread.join()
+    return counted[0]
+
+
+def test_rolled_back_transaction_leaves_no_job():
+    with pytest.raises(Boom), transaction.atomic():
+        order = Order.objects.create(total=10)
+        schedule("shop.tasks.send_receipt", args=[order.pk])
+        raise Boom
+
+    assert Job.objects.count() == 0
+    assert Order.objects.count() == 0
+
+
+def test_committed_transaction_leaves_one_pending_job():
+    before = timezone.now()
+    with transaction.atomic():
+        order = Order.objects.create(total=10)
+        job = schedule(
+            "shop.tasks.send_receipt",
+            args=[order.pk],
+            run_after=timedelta(minutes=1),
+            meta={"priority": 5, "queue": "mail", "max_attempts": 3},
+        )
+        assert job.pk is not None
+        assert count_jobs_from_another_connection() == 0
+
+    assert count_jobs_from_another_connection() == 1
+    job = Job.objects.get()
+    assert job.name == "shop.tasks.send_receipt"
+    assert job.args == [order.pk]
+    assert job.kwargs == {}
+    assert job.status == Job.Status.PENDING
+    assert (job.priority, job.queue, job.max_attempts) == (5, "mail", 3)
+    assert job.meta == {"priority": 5, "queue": "mail", "max_attempts": 3}
+    assert job.attempts == 0
+    assert before + timedelta(minutes=1) <= job.run_after
+    assert job.run_after <= timezone.now() + timedelta(minutes=1)
+
+
+def test_savepoint_rollback_inside_committed_transaction_removes_only_its_job():
+    with transaction.atomic():
+        kept = schedule("shop.tasks.noop")
+        with pytest.raises(Boom), transaction.atomic():
+            schedule("shop.tasks.noop")
+            raise Boom
+        also_kept = schedule("shop.tasks.noop")
+
+    assert list(Job.objects.order_by("pk").values_list("pk", flat=True)) == [
+        kept.pk,
+        also_kept.pk,
+    ]
+
+
+def test_outside_a_transaction_the_job_commits_at_once():
+    schedule("shop.tasks.noop")
+    assert count_jobs_from_another_connection() == 1
+
+
+def test_a_callable_is_stored_as_its_dotted_path_with_defaults():
+    job = schedule(tasks.add, args=(1, 2))
+    job.refresh_from_db()
+    assert job.name == "shop.tasks.add"
+    assert job.args == [1, 2]
+    assert (job.priority, job.queue, job.max_attempts) == (0, "default", 3)
+    assert job.meta == {}
+
+
+def test_run_after_accepts_an_aware_datetime():
+    when = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    assert schedule("shop.tasks.noop", run_after=when).run_after == when
+
+
+def nested_function_holder():
+    def nested():
+        pass
+
+    return nested
+
+
+class Holder:
+    def method(self):
+        pass
+
+
+@pytest.mark.parametrize(
+    ("function", "error", "words"),
+    [
+        (lambda: None, ValueError, "lambda"),
+        (nested_function_holder(), ValueError, "not a module-level function"),
+        (Holder().method, ValueError, "bound method"),
+        (Holder.method, ValueError, "not a module-level function"),
+        ("shop.tasks.does_not_exist", ImportError, "'shop.tasks.does_not_exist'"),
+        ("shop.missing_module.run", ImportError, "'shop.missing_module'"),
+        ("shop.tasks.NotAFunction", ValueError, "'shop.tasks.NotAFunction'"),
+        ("shop", ValueError, "not a dotted path"),
+        ("os.system", ValueError, "'os.system' is not in a module jobs may run"),
+        ("subprocess.run", ValueError, "'subprocess.run' is not in a module"),
+        ("builtins.eval", ValueError, "'builtins.eval' is not in a module"),
+        (
+            "django.core.management.call_command",
+            ValueError,
+            "'django.core.management.call_command' is not in a module",
+        ),
+        (42, TypeError, "dotted path or a callable"),
+    ],
+)
+def test_bad_function_is_refused_and_nothing_written(function, error, words):
+    with pytest.raises(error, match=words.replace("(", r"\(")):
+        schedule(function)
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "message"),
+    [
+        ([], {"when": datetime(2030, 1, 1)}, r"kwargs\['when'\]: datetime is not JSON"),
+        ([{1, 2}], None, r"args\[0\]: set is not JSON serializable"),
+        ([b"x"], None, r"args\[0\]: bytes is not JSON serializable"),
+        ([Decimal("1.5")], None, r"args\[0\]: Decimal is not JSON serializable"),
+        ([float("nan")], None, r"args\[0\]: nan is not allowed in JSON"),
+        ([float("inf")], None, r"args\[0\]: inf is not allowed in JSON"),
+        ([[1, (2, 3)]], None, r"args\[0\]\[1\]: tuple would come back"),
+        ([], {"d": {1: "a"}}, r"kwargs\['d'\]: key 1 is int"),
+        ([], {"x": [{"y": object()}]}, r"kwargs\['x'\]\[0\]\['y'\]: object is not"),
+        ({"a": 1}, None, "args must be a list or a tuple, not dict"),
+        ([], [1], "kwargs must be a dict, not list"),
+        ([], {1: "a"}, r"kwargs: key 1 is int"),
+    ],
+)
+def test_arguments_that_do_not_survive_json_are_refused(args, kwargs, message):
+    with pytest.raises(TypeError, match=message):
+        schedule("shop.tasks.echo", args=args, kwargs=kwargs)
+    assert Job.objects.count() == 0
+
+
+def test_naive_datetime_is_refused():
+    with pytest.raises(ValueError, match="naive datetime while USE_TZ is True"):
+        schedule("shop.tasks.noop", run_after=datetime(2030, 1, 1))
+    with pytest.raises(TypeError, match="run_after must be an aware datetime"):
+        schedule("shop.tasks.noop", run_after="tomorrow")
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("meta", "error", "message"),
+    [
+        ({"colour": "red"}, ValueError, "Unknown meta key.*'colour'.*Allowed: 'prio"),
+        (
+            {"priority": 101},
+            ValueError,
+            r"meta\['priority'\] is 101; it must be an int",
+        ),
+        ({"priority": "1"}, ValueError, r"meta\['priority'\] is '1'"),
+        ({"priority": True}, ValueError, r"meta\['priority'\] is True"),
+        ({"queue": ""}, ValueError, r"meta\['queue'\] is ''"),
+        ({"max_attempts": 0}, ValueError, r"meta\['max_attempts'\] is 0"),
+        ({"timeout": -1}, ValueError, r"meta\['timeout'\] is -1"),
+        ({"timeout": float("inf")}, ValueError, r"meta\['timeout'\] is inf"),
+        (["priority"], TypeError, "meta must be a dict"),
+    ],
+)
+def test_bad_meta_is_refused(meta, error, message):
+    with pytest.raises(error, match=message):
+        schedule("shop.tasks.noop", meta=meta)
+    assert Job.objects.count() == 0
+
+
+@override_settings(ASYNC_JOBS={"QUEUES": ["default", "mail"]})
+def test_queue_outside_the_configured_queues_is_refused():
+    schedule("shop.tasks.noop", meta={"queue": "mail"})
+    with pytest.raises(ValueError, match="Queue 'mial' is not in ASYNC_JOBS"):
+        schedule("shop.tasks.noop", meta={"queue": "mial"})
+    assert Job.objects.count() == 1
+
+
+@override_settings(ASYNC_JOBS={"QUEUES": ["mail"]})
+def test_default_queue_must_be_configured_too():
+    with pytest.raises(ValueError, match="Queue 'default' is not in"):
+        schedule("shop.tasks.noop")
+
+
+@override_settings(ASYNC_JOBS={"MAX_ATTEMPTS": 0})
+def test_bad_setting_is_refused_at_schedule():
+    with pytest.raises(ImproperlyConfigured, match="MAX_ATTEMPTS'] must be an int"):
+        schedule("shop.tasks.noop")
+    assert Job.objects.count() == 0
+
+
+@override_settings(ASYNC_JOBS={"ALLOWED_MODULES": ["shop.tasks"]})
+def test_allowed_modules_narrow_the_allow_list():
+    schedule("shop.tasks.noop")
+    with pytest.raises(ValueError, match="Allowed modules: shop.tasks;"):
+        schedule("testproject.settings.database_from_url")
+
+
+def test_default_allow_list_is_the_project_not_django_or_stdlib():
+    from async_jobs.functions import default_allowed_modules
+
+    allowed = default_allowed_modules()
+    assert "shop" in allowed
+    assert "testproject" in allowed
+    assert not any(name.startswith("django") for name in allowed)
