@@ -15,12 +15,17 @@ savepoint of that transaction:
 
 from __future__ import annotations
 
+import inspect
 import logging
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any
 
+from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.utils import timezone
 
@@ -29,6 +34,8 @@ from async_jobs.functions import FunctionNotAllowed, resolve
 from async_jobs.models import Error, Job
 from async_jobs.retrying import retry_delay
 from async_jobs.serialization import check_json
+from async_jobs.signals import job_finished, job_started
+from async_jobs.timeouts import JobTimeout, time_limit
 
 logger = logging.getLogger("async_jobs")
 
@@ -49,7 +56,33 @@ class Outcome:
     job: Job
     status: str
     duration: float
-    exception: Exception | None = None
+    exception: BaseException | None = None
+
+
+_current_job: ContextVar[Job | None] = ContextVar("current_job", default=None)
+
+
+def current_job() -> Job | None:
+    """The job whose function is running in this context, if any."""
+    return _current_job.get()
+
+
+@contextmanager
+def _running(job: Job) -> Iterator[None]:
+    token = _current_job.set(job)
+    try:
+        yield
+    finally:
+        _current_job.reset(token)
+
+
+def call(job: Job) -> Any:
+    """Call the job's function; a coroutine function is run to completion."""
+    function = resolve(job.name)
+    if inspect.iscoroutinefunction(function):
+        function = async_to_sync(function)
+    with _running(job), time_limit(job.meta.get("timeout")):
+        return function(*job.args, **job.kwargs)
 
 
 def run_claimed(job: Job, using: str) -> Outcome:
@@ -59,21 +92,27 @@ def run_claimed(job: Job, using: str) -> Outcome:
     began = time.monotonic()
     try:
         with transaction.atomic(using=using):
-            function = resolve(job.name)
-            result = function(*job.args, **job.kwargs)
+            job_started.send(sender=Job, job=job)
+            result = call(job)
             check_json(result, "result")
             job.status = Job.Status.SUCCEEDED
             job.result = result
             job.finished = timezone.now()
             job.save(using=using, update_fields=_RECORDED_FIELDS)
-    except Exception as exc:
-        return _record_failure(job, using, exc, time.monotonic() - began)
-    duration = time.monotonic() - began
-    logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, duration)
-    return Outcome(job, Outcome.SUCCEEDED, duration)
+    except (Exception, JobTimeout) as exc:
+        outcome = _record_failure(job, using, exc, time.monotonic() - began)
+    else:
+        outcome = Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
+        logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, outcome.duration)
+    transaction.on_commit(
+        lambda: job_finished.send(sender=Job, job=job, outcome=outcome), using=using
+    )
+    return outcome
 
 
-def _record_failure(job: Job, using: str, exc: Exception, duration: float) -> Outcome:
+def _record_failure(
+    job: Job, using: str, exc: BaseException, duration: float
+) -> Outcome:
     now = timezone.now()
     Error.objects.using(using).create(
         job=job,

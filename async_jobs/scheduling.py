@@ -14,6 +14,7 @@ from django.utils import timezone
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
 from async_jobs.functions import function_path, resolve
 from async_jobs.serialization import check_json
+from async_jobs.signals import job_scheduled
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
@@ -153,6 +154,13 @@ def schedule(
 
 def _insert(job: Job, using: str) -> None:
     """Insert in the caller's transaction, or after it when that is elsewhere."""
+
+    def insert() -> None:
+        job.save(using=using, force_insert=True)
+        transaction.on_commit(
+            lambda: job_scheduled.send(sender=type(job), job=job), using=using
+        )
+
     caller = connections[DEFAULT_DB_ALIAS]
     if (
         using != DEFAULT_DB_ALIAS
@@ -161,6 +169,6 @@ def _insert(job: Job, using: str) -> None:
     ):
         # The caller's transaction is on another database: a row written now
         # would survive its rollback, so write it only once that commits.
-        transaction.on_commit(lambda: job.save(using=using), using=DEFAULT_DB_ALIAS)
-        return
-    job.save(using=using, force_insert=True)
+        transaction.on_commit(insert, using=DEFAULT_DB_ALIAS)
+    else:
+        insert()
