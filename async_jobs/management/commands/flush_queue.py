@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
@@ -21,6 +22,9 @@ class Command(BaseCommand):
         "Run the jobs that are due, each in its own transaction, then exit. "
         "Run it from cron, or as a worker."
     )
+    # Run after the database check in handle(): some system checks connect to
+    # the database, and a down database deserves its own one-line message.
+    requires_system_checks = []
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -39,6 +43,7 @@ class Command(BaseCommand):
         )
 
     def handle(self, *, jobs: int | None, queues: list[str], **options) -> None:
+        self.check(tags=[Tags.compatibility])  # ASYNC_JOBS itself; no database
         configured = jobs_settings().queues
         unknown = [name for name in queues if configured and name not in configured]
         if unknown:
@@ -51,6 +56,7 @@ class Command(BaseCommand):
             check_database_ready(using)
         except DatabaseNotReady as exc:
             raise CommandError(str(exc)) from exc
+        self.check()
         worker = Worker(
             using=using,
             queues=queues,
