@@ -78,9 +78,15 @@ else:
         # A file, not memory, so the worker processes a test starts see it.
         "TEST": {"NAME": str(sqlite_dir / f"test_{os.getpid()}.sqlite3")},
     }
+# A second database, for jobs kept apart from the application's data.
+other = {**default, "NAME": f"{default['NAME']}_other"}
+if default["ENGINE"].endswith("sqlite3"):
+    other["TEST"] = {
+        "NAME": default["TEST"]["NAME"].replace(".sqlite3", "_other.sqlite3")
+    }
 if os.environ.get("ASYNC_JOBS_DB_NAME"):
     default["NAME"] = os.environ["ASYNC_JOBS_DB_NAME"]
-DATABASES = {"default": default}
+DATABASES = {"default": default, "other": other}
 
 ASYNC_JOBS = {"BACKOFF_JITTER": 0.25}
 
