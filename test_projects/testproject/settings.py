@@ -7,11 +7,15 @@ that started it.
 """
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# The tutorial's app lives in the demo project; the tests run it too.
+if str(BASE_DIR / "demo") not in sys.path:
+    sys.path.append(str(BASE_DIR / "demo"))
 SECRET_KEY = "async-jobs-tests-only"
 DEBUG = True
 USE_TZ = True
@@ -28,6 +32,7 @@ INSTALLED_APPS = [
     "django.contrib.messages",
     "async_jobs",
     "shop",
+    "feedback",  # the tutorial's app, from test_projects/demo/
 ]
 
 MIDDLEWARE = [
