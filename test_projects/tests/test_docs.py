@@ -162,3 +162,37 @@ def test_every_management_command_is_documented():
         assert f".. django-command:: {name}\n" in pages, (
             f"document {name} with '.. django-command:: {name}' on a docs page"
         )
+
+
+FLUSH_QUEUE_LINE = re.compile(
+    r"Ran \d+ jobs? in [^`\n]*|\d+ [\w.]+ (?:succeeded|retry|failed) \(attempt[^`\n]*"
+)
+
+
+def output_shape(line: str) -> str:
+    """A flush_queue output line with its names, numbers and error blanked."""
+    line = re.sub(r"\): .*", "): ERROR", line.strip())
+    line = re.sub(r"\b[a-z_]+(?:\.[a-z_]+)+\b", "NAME", line)
+    line = re.sub(r"\bjobs?\b", "jobs", line.replace("...", "9"))  # doctest's ...
+    return re.sub(r"\d+(?:\.\d+)?", "9", line)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_flush_queue_output_shown_in_the_docs_is_what_it_prints(flush_queue):
+    from async_jobs import schedule
+
+    schedule("shop.tasks.noop")
+    schedule("shop.tasks.write_then_fail", args=["x"], meta={"max_attempts": 1})
+    schedule("shop.tasks.write_then_fail", args=["y"])
+    printed = flush_queue("--verbosity", "2").splitlines()
+    shapes = {output_shape(line) for line in printed}
+    assert len(shapes) == 4  # succeeded, failed, retry, summary
+
+    shown = [
+        (page_id(path), match.group())
+        for path in PAGES
+        for match in FLUSH_QUEUE_LINE.finditer(path.read_text())
+    ]
+    assert len(shown) >= 5
+    for where, line in shown:
+        assert output_shape(line) in shapes, f"{where}: {line!r} is not what it prints"
