@@ -20,9 +20,7 @@ def own_actions(name: str) -> tuple[argparse.ArgumentParser, list[argparse.Actio
     command = load_command_class(get_commands()[name], name)
     parser = command.create_parser("manage.py", name)
     common = {
-        option
-        for action in BaseCommand().create_parser("manage.py", name)._actions
-        for option in action.option_strings
+        option for action in base_actions(name) for option in action.option_strings
     }
     actions = [
         action
@@ -30,6 +28,23 @@ def own_actions(name: str) -> tuple[argparse.ArgumentParser, list[argparse.Actio
         if not common.intersection(action.option_strings)
     ]
     return parser, actions
+
+
+def base_actions(name: str) -> list[argparse.Action]:
+    """The arguments every Django command takes."""
+    return BaseCommand().create_parser("manage.py", name)._actions
+
+
+def common_options(parser: argparse.ArgumentParser, name: str) -> list[str]:
+    """The long forms of Django's common options that the command takes."""
+    taken = {option for action in parser._actions for option in action.option_strings}
+    return [
+        action.option_strings[-1]
+        for action in base_actions(name)
+        if action.option_strings
+        and action.option_strings[-1] in taken
+        and action.option_strings[-1] not in ("--help", "--version")
+    ]
 
 
 def invocation(parser: argparse.ArgumentParser, action: argparse.Action) -> str:
@@ -78,6 +93,8 @@ class DjangoCommand(SphinxDirective):
                 f"   {formatter._expand_help(action) if action.help else ''}",
                 "",
             ]
+        common = ", ".join(f"``{option}``" for option in common_options(parser, name))
+        lines += [f"It also takes Django's common options: {common}.", ""]
         return self.parse_text_to_nodes("\n".join(lines))
 
 
