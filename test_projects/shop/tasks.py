@@ -89,3 +89,15 @@ async def async_record(label: str) -> dict:
 async def async_write_then_fail(label: str) -> None:
     await sync_to_async(Mark.objects.create)(label=label)
     raise RuntimeError(f"async job failed after writing {label}")
+
+
+def write_then_meet(label: str, directory: str, count: int, limit: float = 30) -> str:
+    """Write, then wait until ``count`` jobs met in ``directory``: they end together."""
+    Mark.objects.create(label=label)
+    Path(directory, label.replace("/", "_")).touch()
+    deadline = time.monotonic() + limit
+    while len(list(Path(directory).iterdir())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{label}: only {count - 1} job(s) met")
+        time.sleep(0.001)
+    return label
