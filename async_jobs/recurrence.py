@@ -12,6 +12,7 @@ first slot after *now*: missed slots are skipped, not run one by one.
 from __future__ import annotations
 
 import contextlib
+import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -27,11 +28,15 @@ REPEAT_RULE = (
 )
 
 
-def _croniter() -> Any:
+def _croniter(expression: str) -> Any:
+    """croniter's class, or an error that says how to install it."""
     try:
         from croniter import croniter
     except ImportError:
-        return None
+        raise ImportError(
+            f"meta['repeat'] is the cron expression {expression!r}, which needs "
+            "croniter: pip install django-async-jobs[cron]"
+        ) from None
     return croniter
 
 
@@ -41,16 +46,10 @@ def check_repeat(value: object) -> int | float | str:
         seconds = value.total_seconds()
         value = int(seconds) if seconds.is_integer() else seconds
     if isinstance(value, int | float) and not isinstance(value, bool):
-        if value > 0 and value != float("inf"):
+        if value > 0 and math.isfinite(value):
             return value
     elif isinstance(value, str) and value.strip():
-        croniter = _croniter()
-        if croniter is None:
-            raise ImportError(
-                f"meta['repeat'] is the cron expression {value!r}, which needs "
-                "croniter: pip install django-async-jobs[cron]"
-            )
-        if croniter.is_valid(value):
+        if _croniter(value).is_valid(value):
             return value
         raise ValueError(f"meta['repeat'] {value!r} is not a valid cron expression.")
     raise ValueError(f"meta['repeat'] is {value!r}; it must be {REPEAT_RULE}.")
@@ -78,7 +77,7 @@ def _cron_after(expression: str, moment: datetime) -> datetime:
     """The first cron slot after ``moment``, read in settings.TIME_ZONE."""
     if timezone.is_aware(moment):
         moment = timezone.localtime(moment, timezone.get_default_timezone())
-    return _croniter()(expression, moment).get_next(datetime)
+    return _croniter(expression)(expression, moment).get_next(datetime)
 
 
 def first_run_after(meta: dict, now: datetime) -> datetime:
@@ -114,7 +113,7 @@ def schedule_next(job: Job, using: str) -> Job | None:
             name=job.name,
             args=job.args,
             kwargs=job.kwargs,
-            meta=job.meta,
+            meta=dict(job.meta),
             queue=job.queue,
             priority=job.priority,
             max_attempts=job.max_attempts,

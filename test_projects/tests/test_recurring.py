@@ -217,6 +217,21 @@ def test_a_cron_expression_without_croniter_is_refused(monkeypatch):
     assert Job.objects.count() == 1
 
 
+def test_a_worker_without_croniter_stops_rather_than_end_a_cron_series(
+    flush_queue, monkeypatch
+):
+    job = schedule("shop.tasks.record", args=["x"], meta={"repeat": "* * * * *"})
+    Job.objects.filter(pk=job.pk).update(run_after=job.run_after - timedelta(hours=1))
+    monkeypatch.setitem(sys.modules, "croniter", None)
+
+    with pytest.raises(ImportError, match="needs croniter"):
+        flush_queue()
+
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Job.Status.PENDING, 0)
+    assert not Mark.objects.exists()
+
+
 @pytest.mark.processes
 def test_a_worker_killed_mid_run_leaves_exactly_one_occurrence(tmp_path, run_manage):
     flag = tmp_path / "hold"
