@@ -19,7 +19,7 @@ import pytest
 from django.core.management import find_commands
 
 import async_jobs
-from async_jobs import Error, Job
+from async_jobs import Error, Group, Job
 from async_jobs.conf import DEFAULTS, problems
 from async_jobs.scheduling import META_KEYS
 
@@ -147,7 +147,7 @@ def documented_attributes(text: str) -> set[str]:
     return names
 
 
-@pytest.mark.parametrize("model", [Job, Error], ids=lambda model: model.__name__)
+@pytest.mark.parametrize("model", [Job, Error, Group], ids=lambda model: model.__name__)
 def test_every_model_field_is_documented(model):
     body = section(read("reference.rst"), model.__name__, "-")
     fields = {field.name for field in model._meta.get_fields()} - {"id"}
