@@ -114,7 +114,8 @@ class JobsBackend(framework.BaseTaskBackend):
             },
         )
         result = task_result(job, self.alias, task=task, status=Status.READY, errors=[])
-        # task_enqueued is sent with this result once the job is committed.
+        # Unless the job committed already (autocommit), task_enqueued is sent
+        # with this very result once it does.
         job._enqueued = (type(self), result)
         return result
 
@@ -271,12 +272,18 @@ def task_runner(job: Job, task: framework.Task) -> Callable[..., Any]:
 def _send_task_enqueued(sender: type[Job], job: Job, **kwargs: Any) -> None:
     """``task_enqueued``, once the job is committed (never after a rollback)."""
     enqueued = getattr(job, "_enqueued", None)
-    if enqueued is None:
+    if enqueued is not None:
+        backend_class, result = enqueued
+        if result.id is None:
+            # The jobs live in another database: the row was written at commit.
+            object.__setattr__(result, "id", str(job.pk))
+    elif "task_backend" in job.meta:
+        # Committed at once, before enqueue() had its result to hand.
+        alias = job.meta["task_backend"]
+        backend_class = type(framework.task_backends[alias])
+        result = task_result(job, alias, status=Status.READY, errors=[])
+    else:
         return
-    backend_class, result = enqueued
-    if result.id is None:
-        # The jobs live in another database: the row was written at commit.
-        object.__setattr__(result, "id", str(job.pk))
     framework.task_enqueued.send(sender=backend_class, task_result=result)
 
 

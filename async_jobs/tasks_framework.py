@@ -28,6 +28,7 @@ try:
         InvalidTask,
         InvalidTaskBackend,
         TaskResultDoesNotExist,
+        TaskResultMismatch,
     )
     from django.tasks.signals import task_enqueued, task_finished, task_started
     from django.utils.json import normalize_json
@@ -47,7 +48,10 @@ except ImportError as core_error:
             InvalidTaskBackendError as InvalidTaskBackend,
         )
         from django_tasks.exceptions import InvalidTaskError as InvalidTask
-        from django_tasks.exceptions import TaskResultDoesNotExist
+        from django_tasks.exceptions import (
+            TaskResultDoesNotExist,
+            TaskResultMismatch,
+        )
         from django_tasks.signals import task_enqueued, task_finished, task_started
         from django_tasks.utils import normalize_json
 
@@ -79,6 +83,7 @@ __all__ = [
     "TaskError",
     "TaskResult",
     "TaskResultDoesNotExist",
+    "TaskResultMismatch",
     "TaskResultStatus",
     "is_task",
     "normalize_json",

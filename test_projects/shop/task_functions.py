@@ -4,6 +4,7 @@ Only importable where django.tasks (Django 6+) or the django_tasks backport is.
 """
 
 import time
+from pathlib import Path
 
 try:
     from django.tasks import TaskContext, task
@@ -115,10 +116,14 @@ def status_seen_from_inside(context) -> str:
 
 
 @task()
-def write_then_sleep(label: str, seconds: float) -> str:
-    Mark.objects.create(label=label)
-    time.sleep(seconds)
-    return label
+def wait_for_file(path: str, timeout: float) -> str:
+    """Runs until ``path`` exists (the test's go-ahead), at most ``timeout``."""
+    deadline = time.monotonic() + timeout
+    while not Path(path).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout}s")
+        time.sleep(0.02)
+    return path
 
 
 @task(queue_name="mail", priority=7)
