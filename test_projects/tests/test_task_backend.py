@@ -397,3 +397,27 @@ def test_running_is_reported_while_a_worker_holds_the_task(
     fetched = backend.get_result(result.id)
     assert fetched.status == Status.SUCCESSFUL
     assert fetched.worker_ids == [f"{socket.gethostname()}:{worker.pid}"]
+
+
+@pytest.mark.django_db(transaction=True, databases=["default", "other"])
+@override_settings(ASYNC_JOBS={"DATABASE": "other"})
+def test_jobs_in_another_database_get_their_id_at_the_callers_commit(
+    backend, flush_queue, task_signals
+):
+    with transaction.atomic():
+        result = tasks.record.enqueue("kept")
+        assert result.id is None
+        assert not Job.objects.using("other").exists()
+
+    job = Job.objects.using("other").get()
+    assert result.id == str(job.pk)
+    assert task_signals == [
+        ("task_enqueued", type(backend), result.id, Status.READY, 0)
+    ]
+    assert backend.get_result(result.id) == result
+
+    flush_queue()
+    result.refresh()
+
+    assert result.status == Status.SUCCESSFUL
+    assert list(Mark.objects.values_list("label", flat=True)) == ["kept"]
