@@ -16,7 +16,7 @@ from shop.models import Mark
 from async_jobs import Job, schedule
 from async_jobs import tasks_framework as framework
 
-from .conftest import manage
+from .conftest import manage, worker_env
 
 tasks = pytest.importorskip(
     "shop.task_functions",
@@ -421,3 +421,16 @@ def test_jobs_in_another_database_get_their_id_at_the_callers_commit(
 
     assert result.status == Status.SUCCESSFUL
     assert list(Mark.objects.values_list("label", flat=True)) == ["kept"]
+
+
+def test_manage_check_reports_task_queues_that_async_jobs_refuses(run_manage, tmp_path):
+    (tmp_path / "e101_settings.py").write_text(
+        "from testproject.settings import *\nASYNC_JOBS = {'QUEUES': ['default']}\n"
+    )
+    env = worker_env(PYTHONPATH=f"{tmp_path}:{worker_env()['PYTHONPATH']}")
+
+    code, _out, err = run_manage("check", "--settings=e101_settings", env=env)
+
+    assert code != 0
+    assert "async_jobs.E101" in err
+    assert "TASKS['default']['QUEUES'] has 'mail'" in err
