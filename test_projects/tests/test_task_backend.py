@@ -16,7 +16,7 @@ from shop.models import Mark
 from async_jobs import Job, schedule
 from async_jobs import tasks_framework as framework
 
-from .conftest import manage, worker_env
+from .conftest import env_with_settings, manage
 
 tasks = pytest.importorskip(
     "shop.task_functions",
@@ -424,12 +424,9 @@ def test_jobs_in_another_database_get_their_id_at_the_callers_commit(
 
 
 def test_manage_check_reports_task_queues_that_async_jobs_refuses(run_manage, tmp_path):
-    (tmp_path / "e101_settings.py").write_text(
-        "from testproject.settings import *\nASYNC_JOBS = {'QUEUES': ['default']}\n"
-    )
-    env = worker_env(PYTHONPATH=f"{tmp_path}:{worker_env()['PYTHONPATH']}")
+    env = env_with_settings(tmp_path, "ASYNC_JOBS = {'QUEUES': ['default']}")
 
-    code, _out, err = run_manage("check", "--settings=e101_settings", env=env)
+    code, _out, err = run_manage("check", "--settings=changed_settings", env=env)
 
     assert code != 0
     assert "async_jobs.E101" in err
