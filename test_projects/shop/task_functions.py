@@ -11,7 +11,13 @@ try:
 except ImportError:
     from django_tasks import TaskContext, task
 
-from shop.models import Mark
+from shop.models import Mark, Order, Receipt
+
+
+@task(queue_name="mail", priority=10)
+def email_receipt(order_id: int) -> int:
+    receipt = Receipt.objects.create(order=Order.objects.get(pk=order_id))
+    return receipt.pk
 
 
 @task()

@@ -11,7 +11,7 @@ from asgiref.sync import async_to_sync
 from django.db import transaction
 from django.test import override_settings
 from django.utils import timezone
-from shop.models import Mark
+from shop.models import Mark, Receipt
 
 from async_jobs import Job, schedule
 from async_jobs import tasks_framework as framework
@@ -431,3 +431,22 @@ def test_manage_check_reports_task_queues_that_async_jobs_refuses(run_manage, tm
     assert code != 0
     assert "async_jobs.E101" in err
     assert "TASKS['default']['QUEUES'] has 'mail'" in err
+
+
+def test_the_docs_checkout_view_enqueues_with_its_order(client, backend, flush_queue):
+    response = client.post("/shop/checkout/", {"total": "12"})
+
+    assert response.status_code == 200
+    order, task_id = response.json()["order"], response.json()["task"]
+    job = Job.objects.get(pk=task_id)
+    assert (job.name, job.args, job.queue) == (
+        "shop.task_functions.email_receipt",
+        [order],
+        "mail",
+    )
+
+    flush_queue()
+
+    result = backend.get_result(task_id)
+    assert result.status == Status.SUCCESSFUL
+    assert result.return_value == Receipt.objects.get(order_id=order).pk
