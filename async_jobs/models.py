@@ -35,6 +35,14 @@ class Job(models.Model):
     )
     finished = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    attempt_log = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "One entry per attempt, in order: the worker that ran it "
+            "(host:pid) and when it started."
+        ),
+    )
     max_attempts = models.PositiveIntegerField(default=1)
     result = models.JSONField(null=True, blank=True)
     group = models.ForeignKey(

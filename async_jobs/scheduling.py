@@ -41,6 +41,10 @@ META_KEYS = {
         "True (one pending job per function and arguments) or a key str (one "
         "pending job per function and key)"
     ),
+    "task_backend": (
+        "the TASKS alias of the async_jobs.backends.JobsBackend that enqueued it "
+        "(set by that backend)"
+    ),
 }
 
 #: Controls that can't be combined, and why.
@@ -99,6 +103,10 @@ def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
             and timeout > 0
         ):
             raise _meta_error("timeout", timeout)
+    if "task_backend" in meta and not (
+        isinstance(meta["task_backend"], str) and meta["task_backend"]
+    ):
+        raise _meta_error("task_backend", meta["task_backend"])
     return _validate_scheduling_features(dict(meta))
 
 

@@ -9,6 +9,7 @@ that started it.
 import os
 import sys
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -94,6 +95,17 @@ if os.environ.get("ASYNC_JOBS_DB_NAME"):
 DATABASES = {"default": default, "other": other}
 
 ASYNC_JOBS = {"BACKOFF_JITTER": 0.25}
+
+# Django's tasks framework: django.tasks (Django 6+) or, on 5.2, the backport.
+if find_spec("django.tasks") or find_spec("django_tasks"):
+    if not find_spec("django.tasks"):
+        INSTALLED_APPS.append("django_tasks")
+    TASKS = {
+        "default": {
+            "BACKEND": "async_jobs.backends.JobsBackend",
+            "QUEUES": ["default", "mail"],
+        }
+    }
 
 LOGGING = {
     "version": 1,

@@ -35,6 +35,15 @@ def worker_env(**overrides: str) -> dict:
     return env
 
 
+def env_with_settings(directory: Path, lines: str) -> dict:
+    """``worker_env()`` for a process whose settings are the test project's
+    plus ``lines``: pass it with ``--settings=changed_settings``."""
+    (directory / "changed_settings.py").write_text(
+        f"from testproject.settings import *\n{lines}\n"
+    )
+    return worker_env(PYTHONPATH=f"{directory}{os.pathsep}{worker_env()['PYTHONPATH']}")
+
+
 def manage(*args: str, env: dict | None = None, **popen_kwargs) -> subprocess.Popen:
     """Start ``manage.py`` in a real process against the test database."""
     return subprocess.Popen(
