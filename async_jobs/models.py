@@ -43,6 +43,11 @@ class Job(models.Model):
                 condition=Q(status="pending"),
                 name="async_jobs_job_claim_idx",
             ),
+            # Serves pruning (finished jobs of a status, oldest first), the
+            # failures of the last hour and the admin's status filter.
+            models.Index(
+                fields=["status", "finished"], name="async_jobs_job_finished_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -60,6 +65,8 @@ class Job(models.Model):
         return execute_now(self)
 
     __call__ = execute
+    # A template that shows a job (the admin's does) must never run it.
+    do_not_call_in_templates = True
 
     def cancel(self) -> None:
         """Cancel this job; only a pending job can be cancelled.
@@ -85,6 +92,40 @@ class Job(models.Model):
         self.status = Job.Status.CANCELLED
         self.finished = now
 
+    def requeue(self) -> None:
+        """Put a failed or cancelled job back in the queue, due now.
+
+        Its attempts start again from zero (it gets ``max_attempts`` fresh
+        tries); its ``Error`` rows stay, as the history of the earlier runs.
+        """
+        from async_jobs.conf import jobs_database
+
+        using = self._state.db or jobs_database()
+        again = {
+            "status": Job.Status.PENDING,
+            "attempts": 0,
+            "run_after": timezone.now(),
+            "started": None,
+            "finished": None,
+            "result": None,
+        }
+        with transaction.atomic(using=using):
+            requeued = (
+                Job.objects.using(using)
+                .filter(
+                    pk=self.pk, status__in=[Job.Status.FAILED, Job.Status.CANCELLED]
+                )
+                .update(**again)
+            )
+            if not requeued:
+                self.refresh_from_db(using=using, fields=["status"])
+                raise ValueError(
+                    f"Job {self.pk} is {self.status}; only a failed or cancelled "
+                    "job can be run again."
+                )
+        for field, value in again.items():
+            setattr(self, field, value)
+
 
 class Error(models.Model):
     """One failed attempt of a job."""
@@ -97,6 +138,10 @@ class Error(models.Model):
 
     class Meta:
         ordering = ["job", "attempt"]
+        indexes = [
+            # Serves the count of failed attempts in the last hour.
+            models.Index(fields=["occurred"], name="async_jobs_error_occurred_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Job {self.job_id}, attempt {self.attempt}: {self.exception}"
