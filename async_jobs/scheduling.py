@@ -158,7 +158,9 @@ def _insert(job: Job, using: str) -> None:
     def insert() -> None:
         job.save(using=using, force_insert=True)
         transaction.on_commit(
-            lambda: job_scheduled.send(sender=type(job), job=job), using=using
+            lambda: job_scheduled.send(sender=type(job), job=job),
+            using=using,
+            robust=True,  # the job is committed: a receiver's error can't undo it
         )
 
     caller = connections[DEFAULT_DB_ALIAS]
