@@ -20,7 +20,7 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db import connections, transaction
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -229,14 +229,13 @@ class JobAdmin(admin.ModelAdmin):
     def get_search_results(
         self, request: HttpRequest, queryset: QuerySet, search_term: str
     ) -> tuple[QuerySet, bool]:
-        """A number is also an id (an index lookup, not a cast of every id)."""
+        """A number is a job id (one index lookup); other text, part of a name."""
         term = search_term.strip()
         if not term:
             return queryset, False
-        match = Q(name__icontains=term)
         if term.isdigit():
-            match |= Q(pk=int(term))
-        return queryset.filter(match), False
+            return queryset.filter(pk=int(term)), False
+        return queryset.filter(name__icontains=term), False
 
     # Jobs are made by schedule() and changed only through the actions.
     def has_add_permission(self, request: HttpRequest) -> bool:

@@ -195,6 +195,7 @@ def test_search_by_name_fragment_and_by_id(admin_client):
     assert listed(changelist(admin_client, q="receipt")) == [receipt.pk]
     assert listed(changelist(admin_client, q="TASKS.ADD")) == [added.pk]
     assert listed(changelist(admin_client, q=str(added.pk))) == [added.pk]
+    assert listed(changelist(admin_client, q=f" {receipt.pk} ")) == [receipt.pk]
     assert listed(changelist(admin_client, q="nothing-like-it")) == []
 
 
