@@ -82,5 +82,5 @@ def _delete_batch(jobs: QuerySet[Job], using: str, batch_size: int) -> int:
         ids = list(oldest.values_list("pk", flat=True)[:batch_size])
         if not ids:
             return 0
-        Job.objects.using(using).filter(pk__in=ids).delete()
+        Job.objects.using(using).filter(pk__in=ids).only("pk").delete()
     return len(ids)

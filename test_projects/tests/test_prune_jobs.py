@@ -173,7 +173,11 @@ def test_pending_jobs_can_not_be_pruned():
 @pytest.mark.parametrize(
     "args, message",
     [
-        (["--succeeded", "5x"], "invalid parse_age value: '5x'"),
+        (
+            ["--succeeded", "5x"],
+            "argument --succeeded: '5x' is not an age; write a number with a unit "
+            "s, m, h, d or w",
+        ),
         (["--batch-size", "0"], "invalid positive_int value: '0'"),
     ],
 )

@@ -173,4 +173,4 @@ def test_exit_status_and_messages_from_a_real_process(run_manage):
 
     code, _out, err = run_manage("queue_status", "--max-age", "soon", timeout=30)
     assert code == 2
-    assert "argument --max-age: invalid non_negative_seconds value: 'soon'" in err
+    assert "argument --max-age: 'soon' is not a number of seconds >= 0." in err

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import argparse
+from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandParser
 
@@ -9,6 +10,13 @@ from async_jobs.durations import format_age, parse_age
 from async_jobs.management.arguments import positive_int
 from async_jobs.management.preflight import ready_database
 from async_jobs.pruning import DEFAULT_BATCH_SIZE, PRUNABLE, prune
+
+
+def age_option(value: str) -> timedelta | None:
+    try:
+        return parse_age(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 class Command(BaseCommand):
@@ -23,7 +31,7 @@ class Command(BaseCommand):
         for status in PRUNABLE:
             parser.add_argument(
                 f"--{status}",
-                type=parse_age,
+                type=age_option,
                 default=argparse.SUPPRESS,  # absent unless given: None is 'never'
                 metavar="AGE",
                 help=(

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
+import argparse
 import json
+import math
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -25,9 +27,12 @@ COLUMNS = (
 
 
 def non_negative_seconds(value: str) -> float:
-    seconds = float(value)
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
     if not seconds >= 0:  # also refuses nan
-        raise ValueError(value)
+        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0.")
     return seconds
 
 
