@@ -81,15 +81,20 @@ WHERE job.status = 'failed'
 """
 
 
-def timed(run: Callable[[], object], repeat: int) -> float:
-    """Median seconds of ``repeat`` runs, after one warm-up run."""
+def timed(run: Callable[[], object], repeat: int) -> tuple[float, float]:
+    """Median seconds of ``repeat`` runs after a warm-up: in all, and in SQL."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
     run()
-    times = []
+    times, sql_times = [], []
     for _ in range(repeat):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return statistics.median(times)
+        with CaptureQueriesContext(connection) as queries:
+            began = time.perf_counter()
+            run()
+            times.append(time.perf_counter() - began)
+        sql_times.append(sum(float(query["time"]) for query in queries))
+    return statistics.median(times), statistics.median(sql_times)
 
 
 def main() -> None:
@@ -140,7 +145,10 @@ def run(rows: int, repeat: int) -> None:
         f"Loaded {rows:,} jobs and {errors:,} errors in {load_time:.1f}s; "
         f"job table with indexes: {size}. Median of {repeat} runs after a warm-up."
     )
-    print(f"PostgreSQL: {connection.cursor().connection.info.server_version}")
+    print(
+        f"PostgreSQL {connection.cursor().connection.info.server_version}; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs."
+    )
 
     user = User.objects.create_superuser("bench", password="bench")
     client = Client()
@@ -199,9 +207,10 @@ def run(rows: int, repeat: int) -> None:
         ),
     ]
     width = max(len(label) for label, _ in cases)
-    print(f"\n{'what':<{width}}  {'median':>9}")
+    print(f"\n{'what':<{width}}  {'request':>9}  {'of it SQL':>9}")
     for label, case in cases:
-        print(f"{label:<{width}}  {timed(case, repeat) * 1000:7.1f}ms")
+        total, sql = timed(case, repeat)
+        print(f"{label:<{width}}  {total * 1000:7.1f}ms  {sql * 1000:7.1f}ms")
 
     with CaptureQueriesContext(connection) as queries:
         client.get(changelist)
