@@ -31,7 +31,9 @@ from django.utils import timezone
 
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.functions import FunctionNotAllowed, resolve
+from async_jobs.groups import jobs_settled
 from async_jobs.models import Error, Job
+from async_jobs.recurrence import schedule_next
 from async_jobs.retrying import retry_delay
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
@@ -103,9 +105,21 @@ def run_claimed(job: Job, using: str) -> Outcome:
         outcome = _record_failure(job, using, exc, time.monotonic() - began)
     else:
         outcome = Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
+    if job.status != Job.Status.PENDING:
+        _settled(job, using)
     # Robust: a faulty receiver is logged, and can't stop the worker's loop.
     transaction.on_commit(lambda: _finished(outcome), using=using, robust=True)
     return outcome
+
+
+def _settled(job: Job, using: str) -> None:
+    """The job won't run again: its series goes on, its group may be finished.
+
+    In the transaction that records the outcome, so both commit with it or not
+    at all.
+    """
+    schedule_next(job, using)
+    jobs_settled([job.group_id], using)
 
 
 def _finished(outcome: Outcome) -> None:

@@ -40,5 +40,5 @@ def ready_database(command: BaseCommand, queues: Sequence[str] = ()) -> str:
         check_database_ready(using)
     except DatabaseNotReady as exc:
         raise CommandError(str(exc)) from exc
-    command.check()
+    command.check(databases=[using])
     return using

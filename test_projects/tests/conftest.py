@@ -1,6 +1,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,14 @@ def manage(*args: str, env: dict | None = None, **popen_kwargs) -> subprocess.Po
         text=True,
         **popen_kwargs,
     )
+
+
+def wait_until(predicate, timeout: float) -> None:
+    """Poll ``predicate`` until it is true; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, f"timed out waiting for {predicate}"
+        time.sleep(0.02)
 
 
 @pytest.fixture
