@@ -52,7 +52,7 @@ class Overview:
     now: datetime
     queues: list[QueueStatus]
 
-    def oldest_due_age(self) -> tuple[str, timedelta] | tuple[None, None]:
+    def longest_wait(self) -> tuple[str, timedelta] | tuple[None, None]:
         """The queue whose oldest due job has waited longest, and how long."""
         waiting = [
             (queue.queue, queue.oldest_due_age(self.now))
@@ -71,7 +71,7 @@ class Overview:
 
         return {
             "now": self.now.isoformat(),
-            "oldest_due_age": seconds(self.oldest_due_age()[1]),
+            "oldest_due_age": seconds(self.longest_wait()[1]),
             "queues": [
                 {
                     "queue": queue.queue,

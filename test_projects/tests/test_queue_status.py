@@ -73,7 +73,7 @@ def test_overview_counts_per_queue_and_status(jobs):
     assert mail.counts == {"pending": 1, "succeeded": 0, "failed": 2, "cancelled": 0}
     assert mail.due == 0 and mail.oldest_due is None
     assert (mail.failed_recently, mail.errors_recently) == (1, 2)
-    assert overview.oldest_due_age() == ("default", timedelta(minutes=5))
+    assert overview.longest_wait() == ("default", timedelta(minutes=5))
 
 
 def test_table_output(jobs):

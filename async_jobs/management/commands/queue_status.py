@@ -74,7 +74,7 @@ class Command(BaseCommand):
             self.stdout.write(table(overview))
         if max_age is None:
             return
-        queue, age = overview.oldest_due_age()
+        queue, age = overview.longest_wait()
         limit = timedelta(seconds=max_age)
         if age is not None and age > limit:
             raise CommandError(
