@@ -288,7 +288,7 @@ class JobAdmin(admin.ModelAdmin):
         refused: list[Job] = []
         with transaction.atomic(using=using):
             selected = set(queryset.values_list("pk", flat=True))
-            jobs = queryset.order_by("pk").only("pk", "status")
+            jobs = queryset.order_by("pk").only("pk", "status", "group")
             if connections[using].features.has_select_for_update_skip_locked:
                 jobs = jobs.select_for_update(skip_locked=True)
             jobs = list(jobs)

@@ -127,34 +127,11 @@ class Job(models.Model):
 
         Its attempts start again from zero (it gets ``max_attempts`` fresh
         tries); its ``Error`` rows stay, as the history of the earlier runs.
+        Groups, series and unique jobs stay consistent: see ``requeuing.py``.
         """
-        from async_jobs.conf import jobs_database
+        from async_jobs.requeuing import requeue
 
-        using = self._state.db or jobs_database()
-        again = {
-            "status": Job.Status.PENDING,
-            "attempts": 0,
-            "run_after": timezone.now(),
-            "started": None,
-            "finished": None,
-            "result": None,
-        }
-        with transaction.atomic(using=using):
-            requeued = (
-                Job.objects.using(using)
-                .filter(
-                    pk=self.pk, status__in=[Job.Status.FAILED, Job.Status.CANCELLED]
-                )
-                .update(**again)
-            )
-            if not requeued:
-                self.refresh_from_db(using=using, fields=["status"])
-                raise ValueError(
-                    f"Job {self.pk} is {self.status}; only a failed or cancelled "
-                    "job can be run again."
-                )
-        for field, value in again.items():
-            setattr(self, field, value)
+        requeue(self)
 
 
 class Group(models.Model):

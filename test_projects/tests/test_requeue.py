@@ -7,7 +7,8 @@ from django.utils import timezone
 from freezegun import freeze_time
 from shop.models import Mark
 
-from async_jobs import Job, schedule
+from async_jobs import Group, Job, schedule
+from async_jobs.groups import HELD
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -86,3 +87,122 @@ def test_a_stale_copy_cannot_requeue_a_job_that_ran_again_meanwhile():
     with pytest.raises(ValueError, match="is succeeded"):
         stale.requeue()
     assert stale.status == Job.Status.SUCCEEDED
+
+
+# Jobs tied to others: groups, series, unique jobs
+
+
+def test_a_member_of_an_open_group_holds_the_group_until_it_ran_again(flush_queue):
+    done = schedule("shop.tasks.record", args=["completed"], meta={"completes": "g"})
+    failed = schedule(
+        "shop.tasks.write_then_fail", args=["x"], meta={"group": "g", "max_attempts": 1}
+    )
+    later = schedule(
+        "shop.tasks.record",
+        args=["later"],
+        meta={"group": "g"},
+        run_after=timedelta(hours=1),
+    )
+    flush_queue()
+    group = Group.objects.get()
+
+    failed.requeue()
+    later.cancel()  # the group's last pending job: without the requeue, it would close
+
+    group.refresh_from_db()
+    done.refresh_from_db()
+    assert group.finished is None
+    assert done.run_after == HELD
+    # The requeued job fails again, which closes the group: then its completion runs.
+    assert "Ran 2 jobs" in flush_queue()
+    group.refresh_from_db()
+    failed.refresh_from_db()
+    assert failed.finished <= group.finished
+    assert Mark.objects.get().label == "completed"
+
+
+def test_a_member_of_a_finished_group_runs_alone_and_the_completion_runs_once(
+    flush_queue,
+):
+    schedule("shop.tasks.record", args=["completed"], meta={"completes": "g"})
+    failed = schedule(
+        "shop.tasks.write_then_fail", args=["x"], meta={"group": "g", "max_attempts": 1}
+    )
+    flush_queue()  # the member fails, the group finishes...
+    flush_queue()  # ...and its completion job runs
+    assert list(Mark.objects.values_list("label", flat=True)) == ["completed"]
+
+    failed.requeue()
+    flush_queue()
+
+    failed.refresh_from_db()
+    assert (failed.status, failed.attempts) == (Job.Status.FAILED, 1)
+    assert list(Mark.objects.values_list("label", flat=True)) == ["completed"]
+    assert Job.objects.filter(status=Job.Status.PENDING).count() == 0
+
+
+def test_a_cancelled_completion_job_stays_held_while_its_group_is_open(flush_queue):
+    done = schedule("shop.tasks.record", args=["completed"], meta={"completes": "g"})
+    member = schedule(
+        "shop.tasks.record",
+        args=["member"],
+        meta={"group": "g"},
+        run_after=timedelta(hours=1),
+    )
+    done.cancel()
+
+    done.requeue()
+
+    assert done.run_after == HELD
+    done.refresh_from_db()
+    assert (done.status, done.run_after) == (Job.Status.PENDING, HELD)
+    member.cancel()  # the group finishes: its completion is released
+    assert "1 succeeded" in flush_queue()
+    assert Mark.objects.get().label == "completed"
+
+
+def test_a_failed_occurrence_runs_again_once_without_forking_its_series(flush_queue):
+    first = schedule(
+        "shop.tasks.write_then_fail",
+        args=["x"],
+        meta={"repeat": 3600, "max_attempts": 1},
+    )
+    flush_queue()
+    assert Job.objects.filter(status=Job.Status.PENDING).count() == 1  # the next one
+
+    first.requeue()
+    assert first.meta == {"max_attempts": 1}
+    flush_queue()
+
+    first.refresh_from_db()
+    assert first.status == Job.Status.FAILED
+    assert Job.objects.filter(status=Job.Status.PENDING).count() == 1  # still one
+
+
+def test_a_cancelled_occurrence_run_again_carries_its_series_on(flush_queue):
+    first = schedule("shop.tasks.noop", meta={"repeat": 3600})
+    first.cancel()
+
+    first.requeue()
+    flush_queue()
+
+    assert first.meta == {"repeat": 3600}
+    assert Job.objects.filter(status=Job.Status.PENDING).count() == 1  # the next one
+
+
+def test_a_unique_job_is_not_run_again_next_to_a_pending_twin(flush_queue):
+    first = schedule("shop.tasks.add", args=[1, 2], meta={"unique": True})
+    first.cancel()
+    twin = schedule("shop.tasks.add", args=[1, 2], meta={"unique": True})
+
+    with pytest.raises(
+        ValueError,
+        match=f"Job {first.pk} is unique and job {twin.pk} with the same key is pending",
+    ):
+        first.requeue()
+
+    first.refresh_from_db()
+    assert first.status == Job.Status.CANCELLED
+    twin.execute()
+    first.requeue()
+    assert Job.objects.get(status=Job.Status.PENDING) == first
