@@ -168,7 +168,10 @@ class JobAdmin(admin.ModelAdmin):
     actions = ["cancel_jobs", "requeue_jobs"]
     inlines = [ErrorInline]
     fieldsets = [
-        (None, {"fields": ["name", "status", "queue", "priority"]}),
+        (
+            None,
+            {"fields": ["name", "status", "queue", "priority", "group", "unique_key"]},
+        ),
         ("Call", {"fields": ["args_display", "kwargs_display", "meta_display"]}),
         (
             "Runs",
@@ -189,6 +192,8 @@ class JobAdmin(admin.ModelAdmin):
         "status",
         "queue",
         "priority",
+        "group",
+        "unique_key",
         "args_display",
         "kwargs_display",
         "meta_display",

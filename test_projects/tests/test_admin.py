@@ -225,9 +225,19 @@ def test_detail_shows_the_call_and_its_errors_readably(admin_client):
         "in write_then_fail\n    raise RuntimeError(f&quot;failed after writing" in html
     )
     # Nothing of the job can be edited, and there is no form to save.
-    for field in ("name", "args", "kwargs", "meta", "status", "run_after"):
+    for field in ("name", "args", "kwargs", "meta", "status", "run_after", "group"):
         assert f'name="{field}"' not in html
     assert 'name="_save"' not in html
+
+
+def test_detail_shows_the_group_and_unique_key(admin_client):
+    job = schedule("shop.tasks.noop", meta={"group": "import-42", "unique": True})
+
+    response = admin_client.get(reverse("admin:async_jobs_job_change", args=[job.pk]))
+
+    html = response.content.decode()
+    assert f"Group import-42 #{job.group_id}" in html
+    assert job.unique_key in html
 
 
 def test_showing_a_pending_job_does_not_run_it(admin_client):
