@@ -18,6 +18,14 @@ from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, router
 from django.dispatch import receiver
 
+#: How long ``prune_jobs`` keeps a finished job, by status; failures the longest,
+#: as they are what someone comes back to look at.
+PRUNE_AFTER_DEFAULTS = {
+    "succeeded": timedelta(days=7),
+    "cancelled": timedelta(days=7),
+    "failed": timedelta(days=30),
+}
+
 DEFAULTS = {
     "DATABASE": None,
     "QUEUES": None,
@@ -26,15 +34,8 @@ DEFAULTS = {
     "BACKOFF_MAX": 3600,
     "BACKOFF_JITTER": 0.25,
     "ALLOWED_MODULES": None,
-    "PRUNE_AFTER": {},
-}
-
-#: How long ``prune_jobs`` keeps a finished job, by status; failures the longest,
-#: as they are what someone comes back to look at.
-PRUNE_AFTER_DEFAULTS = {
-    "succeeded": timedelta(days=7),
-    "cancelled": timedelta(days=7),
-    "failed": timedelta(days=30),
+    # A dict given in the setting is merged over this one.
+    "PRUNE_AFTER": PRUNE_AFTER_DEFAULTS,
 }
 
 
