@@ -10,7 +10,7 @@ from django.db import connection
 from django.test import override_settings
 from django.utils import timezone
 
-from async_jobs import Error, Job
+from async_jobs import Error, Group, Job, schedule
 from async_jobs.conf import problems
 from async_jobs.pruning import prune
 
@@ -209,3 +209,24 @@ def test_bad_options_are_refused(args, message):
 )
 def test_bad_prune_settings_are_reported(value, message):
     assert problems({"PRUNE_AFTER": value}) == [message]
+
+
+def test_groups_keep_their_jobs_while_open_and_go_once_empty(flush_queue):
+    schedule("shop.tasks.noop", meta={"completes": "done"})
+    schedule("shop.tasks.noop", meta={"group": "done"})
+    schedule("shop.tasks.noop", meta={"group": "open"})
+    schedule("shop.tasks.noop", meta={"group": "open"}, run_after=timedelta(days=30))
+    flush_queue()  # "done" finishes and its completion runs; "open" waits
+    Job.objects.exclude(status=Job.Status.PENDING).update(
+        finished=timezone.now() - timedelta(days=8)
+    )
+
+    output = prune_jobs()
+
+    assert output.splitlines() == [
+        "Deleted 2 succeeded (finished over 7d ago), 0 cancelled (finished over 7d "
+        "ago), 0 failed (finished over 30d ago).",
+        "Deleted 1 finished group left with no jobs.",
+    ]
+    assert list(Group.objects.values_list("reference", flat=True)) == ["open"]
+    assert Job.objects.filter(group__reference="open").count() == 2

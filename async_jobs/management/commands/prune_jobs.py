@@ -9,7 +9,7 @@ from async_jobs.conf import jobs_settings
 from async_jobs.durations import format_age, parse_age
 from async_jobs.management.arguments import positive_int
 from async_jobs.management.preflight import ready_database
-from async_jobs.pruning import DEFAULT_BATCH_SIZE, PRUNABLE, prune
+from async_jobs.pruning import DEFAULT_BATCH_SIZE, PRUNABLE, prune, prune_groups
 
 
 def age_option(value: str) -> timedelta | None:
@@ -68,6 +68,7 @@ class Command(BaseCommand):
             dry_run=dry_run,
             on_batch=self.report_batch if options["verbosity"] >= 2 else None,
         )
+        groups = 0 if dry_run else prune_groups(using=using, batch_size=batch_size)
         verb = "Would delete" if dry_run else "Deleted"
         parts = [
             f"{counts[status]} {status} (finished over {format_age(age)} ago)"
@@ -76,6 +77,9 @@ class Command(BaseCommand):
             for status, age in ages.items()
         ]
         self.stdout.write(f"{verb} {', '.join(parts)}.")
+        if groups:
+            noun = "group" if groups == 1 else "groups"
+            self.stdout.write(f"Deleted {groups} finished {noun} left with no jobs.")
 
     def report_batch(self, status: str, count: int) -> None:
         self.stdout.write(f"Deleted a batch of {count} {status} jobs.")
