@@ -65,7 +65,7 @@ def _is_str_list(value: object) -> bool:
     )
 
 
-def as_age(value: object) -> timedelta | None:
+def _as_age(value: object) -> timedelta | None:
     """A prune age as a ``timedelta``: from a ``timedelta`` or seconds."""
     if value is None or isinstance(value, timedelta):
         return value
@@ -92,7 +92,7 @@ def _prune_after_problems(value: object) -> list[str]:
             continue
         if not (
             (isinstance(age, timedelta) and age >= timedelta(0))
-            or (_is_number(age) and age >= 0)
+            or (_is_number(age) and 0 <= age <= timedelta.max.total_seconds())
         ):
             found.append(
                 f"ASYNC_JOBS['PRUNE_AFTER'][{status!r}] must be a timedelta, a "
@@ -177,7 +177,7 @@ def jobs_settings() -> JobsSettings:
             else tuple(value["ALLOWED_MODULES"])
         ),
         prune_after={
-            status: as_age(age)
+            status: _as_age(age)
             for status, age in {**PRUNE_AFTER_DEFAULTS, **value["PRUNE_AFTER"]}.items()
         },
     )

@@ -34,7 +34,10 @@ def prunable(
             f"Only finished jobs can be pruned ({', '.join(PRUNABLE)}), "
             f"not {status!r} ones."
         )
-    cutoff = (now or timezone.now()) - age
+    try:
+        cutoff = (now or timezone.now()) - age
+    except OverflowError:  # older than the calendar: nothing is
+        return Job.objects.using(using).none()
     open_group = Group.objects.filter(pk=OuterRef("group_id"), finished__isnull=True)
     return (
         Job.objects.using(using)

@@ -165,6 +165,13 @@ def test_oldest_go_first():
     assert left_after_each_batch == [[new.pk], []]
 
 
+def test_an_age_beyond_the_calendar_prunes_nothing(history):
+    assert "0 succeeded (finished over 10000000d ago)" in prune_jobs(
+        "--succeeded", "10000000d"
+    )
+    assert Job.objects.filter(status="succeeded").count() == 3
+
+
 def test_pending_jobs_can_not_be_pruned():
     with pytest.raises(ValueError, match="Only finished jobs can be pruned"):
         prune({"pending": timedelta(0)})
