@@ -13,7 +13,7 @@ choices come from settings or from the newest rows, never a scan.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -31,6 +31,7 @@ from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.durations import format_age
 from async_jobs.models import Error, Job
 from async_jobs.pagination import EstimatedCountPaginator
+from async_jobs.requeuing import REQUEUABLE
 from async_jobs.status import queue_overview
 
 #: At most this many refused job ids are named in an action's message.
@@ -259,6 +260,7 @@ class JobAdmin(admin.ModelAdmin):
             queryset,
             Job.cancel,
             done="Cancelled",
+            allowed=[Job.Status.PENDING],
             rule="only a pending job can be cancelled",
         )
 
@@ -272,6 +274,7 @@ class JobAdmin(admin.ModelAdmin):
             queryset,
             Job.requeue,
             done="Queued again",
+            allowed=REQUEUABLE,
             rule="only a failed or cancelled job can be run again",
         )
 
@@ -281,16 +284,19 @@ class JobAdmin(admin.ModelAdmin):
         queryset: QuerySet[Job],
         change: Callable[[Job], None],
         done: str,
+        allowed: Sequence[str],
         rule: str,
     ) -> None:
         """Apply ``change`` to each selected job, all in one transaction.
 
         Jobs a worker is running right now are skipped rather than waited for
-        (on PostgreSQL), and jobs ``change`` refuses are listed.
+        (on PostgreSQL). Jobs ``change`` refuses are listed: those whose status
+        isn't ``allowed`` under ``rule``, any other with its own reason.
         """
         using = queryset.db
         changed = 0
         refused: list[Job] = []
+        reasons: list[str] = []
         with transaction.atomic(using=using):
             selected = set(queryset.values_list("pk", flat=True))
             jobs = queryset.order_by("pk").only("pk", "status", "group")
@@ -301,8 +307,11 @@ class JobAdmin(admin.ModelAdmin):
             for job in jobs:
                 try:
                     change(job)
-                except ValueError:
-                    refused.append(job)
+                except ValueError as exc:
+                    if job.status in allowed:
+                        reasons.append(str(exc))
+                    else:
+                        refused.append(job)
                 else:
                     changed += 1
         plural = "job" if changed == 1 else "jobs"
@@ -314,6 +323,8 @@ class JobAdmin(admin.ModelAdmin):
                 + _some(f"#{job.pk} ({job.status})" for job in refused),
                 messages.WARNING,
             )
+        for reason in reasons:
+            self.message_user(request, reason, messages.WARNING)
         if running:
             self.message_user(
                 request,

@@ -318,6 +318,22 @@ def test_run_again_action_requeues_failed_and_cancelled_jobs_keeping_errors(
     ]
 
 
+def test_run_again_action_names_a_pending_twin(admin_client):
+    first = schedule("shop.tasks.add", args=[1, 2], meta={"unique": True})
+    first.cancel()
+    twin = schedule("shop.tasks.add", args=[1, 2], meta={"unique": True})
+
+    response = run_action(admin_client, "requeue_jobs", [first])
+
+    assert message_texts(response) == [
+        "Queued again 0 jobs.",
+        f"Job {first.pk} is unique and job {twin.pk} with the same key is pending; "
+        "it can run again once that one has run.",
+    ]
+    first.refresh_from_db()
+    assert first.status == Job.Status.CANCELLED
+
+
 def test_delete_action_deletes_jobs_and_their_errors(admin_client):
     failed = failed_job()
     kept = schedule("shop.tasks.noop")
