@@ -133,12 +133,10 @@ def run_claimed(job: Job, using: str) -> Outcome:
         outcome = _record_failure(job, using, exc, time.monotonic() - began)
     else:
         outcome = Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
-        logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, outcome.duration)
     if job.status != Job.Status.PENDING:
         _settled(job, using)
-    transaction.on_commit(
-        lambda: job_finished.send(sender=Job, job=job, outcome=outcome), using=using
-    )
+    # Robust: a faulty receiver is logged, and can't stop the worker's loop.
+    transaction.on_commit(lambda: _finished(outcome), using=using, robust=True)
     return outcome
 
 
@@ -150,6 +148,30 @@ def _settled(job: Job, using: str) -> None:
     """
     schedule_next(job, using)
     jobs_settled([job.group_id], using)
+
+
+def _finished(outcome: Outcome) -> None:
+    """Log and announce an outcome, once it has committed (so it is true)."""
+    job = outcome.job
+    if outcome.exception is None:
+        logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, outcome.duration)
+    else:
+        then = (
+            "failed for good"
+            if outcome.status == Outcome.FAILED
+            else f"retry at {job.run_after.isoformat()}"
+        )
+        logger.error(
+            "Job %s %s raised on attempt %s of %s in %.3fs, %s",
+            job.pk,
+            job.name,
+            job.attempts,
+            job.max_attempts,
+            outcome.duration,
+            then,
+            exc_info=outcome.exception,
+        )
+    job_finished.send(sender=Job, job=job, outcome=outcome)
 
 
 def _record_failure(
@@ -169,21 +191,10 @@ def _record_failure(
         job.status = Job.Status.FAILED
         job.finished = now
         status = Outcome.FAILED
-        then = "failed for good"
     else:
         job.run_after = now + retry_delay(job.attempts, jobs_settings())
         status = Outcome.RETRY
-        then = f"retry at {job.run_after.isoformat()}"
     job.save(using=using, update_fields=_RECORDED_FIELDS)
-    logger.error(
-        "Job %s %s raised on attempt %s of %s, %s",
-        job.pk,
-        job.name,
-        job.attempts,
-        job.max_attempts,
-        then,
-        exc_info=exc,
-    )
     return Outcome(job, status, duration, exc)
 
 

@@ -78,6 +78,11 @@ class Job(models.Model):
                 condition=Q(status="pending"),
                 name="async_jobs_job_claim_idx",
             ),
+            # Serves pruning (finished jobs of a status, oldest first), the
+            # failures of the last hour and the admin's status filter.
+            models.Index(
+                fields=["status", "finished"], name="async_jobs_job_finished_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -95,6 +100,8 @@ class Job(models.Model):
         return execute_now(self)
 
     __call__ = execute
+    # A template that shows a job (the admin's does) must never run it.
+    do_not_call_in_templates = True
 
     def cancel(self) -> None:
         """Cancel this job; only a pending job can be cancelled.
@@ -122,6 +129,17 @@ class Job(models.Model):
             jobs_settled([self.group_id], using)
         self.status = Job.Status.CANCELLED
         self.finished = now
+
+    def requeue(self) -> None:
+        """Put a failed or cancelled job back in the queue, due now.
+
+        Its attempts start again from zero (it gets ``max_attempts`` fresh
+        tries); its ``Error`` rows stay, as the history of the earlier runs.
+        Groups, series and unique jobs stay consistent: see ``requeuing.py``.
+        """
+        from async_jobs.requeuing import requeue
+
+        requeue(self)
 
 
 class Group(models.Model):
@@ -176,6 +194,10 @@ class Error(models.Model):
 
     class Meta:
         ordering = ["job", "attempt"]
+        indexes = [
+            # Serves the count of failed attempts in the last hour.
+            models.Index(fields=["occurred"], name="async_jobs_error_occurred_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Job {self.job_id}, attempt {self.attempt}: {self.exception}"

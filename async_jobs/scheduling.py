@@ -240,7 +240,9 @@ def save_job(job: Job, using: str) -> Job:
         saved = save_or_find_twin(job, using)
     if saved is job:
         transaction.on_commit(
-            lambda: job_scheduled.send(sender=type(job), job=job), using=using
+            lambda: job_scheduled.send(sender=type(job), job=job),
+            using=using,
+            robust=True,  # the job is committed: a receiver's error can't undo it
         )
     return saved
 

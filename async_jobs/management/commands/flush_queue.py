@@ -1,20 +1,12 @@
 from __future__ import annotations
 
-from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.execution import Outcome
-from async_jobs.readiness import DatabaseNotReady, check_database_ready
+from async_jobs.management.arguments import add_queue_option, positive_int
+from async_jobs.management.preflight import ready_database
 from async_jobs.worker import Worker, WorkerAborted, stop_on_signals
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number
 
 
 class Command(BaseCommand):
@@ -22,8 +14,7 @@ class Command(BaseCommand):
         "Run the jobs that are due, each in its own transaction, then exit. "
         "Run it from cron, or as a worker."
     )
-    # Run after the database check in handle(): some system checks connect to
-    # the database, and a down database deserves its own one-line message.
+    # Run by ready_database() in handle(), after the database check.
     requires_system_checks = []
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -33,30 +24,12 @@ class Command(BaseCommand):
             metavar="N",
             help="Run at most N jobs, then exit.",
         )
-        parser.add_argument(
-            "--queue",
-            action="append",
-            dest="queues",
-            default=[],
-            metavar="NAME",
-            help="Only run jobs of this queue (repeat for several). Default: all.",
+        add_queue_option(
+            parser, "Only run jobs of this queue (repeat for several). Default: all."
         )
 
     def handle(self, *, jobs: int | None, queues: list[str], **options) -> None:
-        self.check(tags=[Tags.compatibility])  # ASYNC_JOBS itself; no database
-        configured = jobs_settings().queues
-        unknown = [name for name in queues if configured and name not in configured]
-        if unknown:
-            raise CommandError(
-                f"Unknown queue(s) {', '.join(map(repr, unknown))}; "
-                f"ASYNC_JOBS['QUEUES'] is {', '.join(map(repr, configured))}."
-            )
-        using = jobs_database()
-        try:
-            check_database_ready(using)
-        except DatabaseNotReady as exc:
-            raise CommandError(str(exc)) from exc
-        self.check(databases=[using])
+        using = ready_database(self, queues)
         worker = Worker(
             using=using,
             queues=queues,
