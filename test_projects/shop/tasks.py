@@ -2,7 +2,17 @@
 
 import time
 
+# Imported, not defined, here: a job naming "shop.tasks.system" must be refused
+# although the path lies inside an allowed module.
+from os import system  # noqa: F401
+from pathlib import Path
+
+from django.db import connection
+
 from shop.models import Mark, Order, Receipt
+
+#: Longest a job waits for a test to release it; a test that forgets fails.
+RELEASE_WAIT = 60
 
 
 def send_receipt(order_id: int) -> int:
@@ -39,6 +49,46 @@ def write_then_return_datetime(label: str):
 def write_then_sleep(label: str, seconds: float) -> str:
     Mark.objects.create(label=label)
     time.sleep(seconds)
+    return label
+
+
+def backend_pid() -> int | None:
+    """This process's PostgreSQL backend, so a test can terminate it."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def announce(started: str) -> None:
+    """Tell the test this job is running: write its backend pid to a file.
+
+    Written aside then renamed, so the file never exists half-written.
+    """
+    aside = Path(f"{started}.tmp")
+    aside.write_text(str(backend_pid() or ""))
+    aside.rename(started)
+
+
+def write_then_wait(label: str, started: str, release: str) -> str:
+    """Write a Mark, announce, then wait until the test creates ``release``."""
+    Mark.objects.create(label=label)
+    announce(started)
+    deadline = time.monotonic() + RELEASE_WAIT
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} was not created in {RELEASE_WAIT}s")
+        time.sleep(0.01)
+    return label
+
+
+def write_then_query(label: str, started: str, seconds: float) -> str:
+    """Write a Mark, announce, then spend ``seconds`` inside a PostgreSQL query."""
+    Mark.objects.create(label=label)
+    announce(started)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [seconds])
     return label
 
 
