@@ -54,6 +54,10 @@ class Worker:
     def run_one(self) -> bool:
         """Claim and run one due job; False when none was due."""
         with claim_transaction(self.using):
+            if self.stop_requested:
+                # Asked while waiting for SQLite's write lock, which keeps a
+                # signal handler from running until it is granted.
+                return False
             jobs = claim(self.using, self.queues, limit=1)
             if not jobs:
                 return False

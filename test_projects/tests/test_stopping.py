@@ -6,6 +6,7 @@ cleanly only when asked twice.
 """
 
 import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -169,3 +170,37 @@ def test_a_second_stop_signal_aborts_the_job_which_stays_pending(
         job.args[2] = 0
         job.save(update_fields=["args"])
     assert_next_run_completes_it_once(job, run_manage, release)
+
+
+def test_a_sqlite_worker_stopped_while_waiting_for_the_lock_runs_no_job(
+    start_manage, on_postgres, tmp_path
+):
+    if on_postgres:
+        pytest.skip("PostgreSQL workers don't wait for each other")
+    started, release, stderr = (
+        tmp_path / name for name in ("started", "release", "err")
+    )
+    schedule(
+        "shop.tasks.write_then_wait",
+        args=["gate", str(started), str(release)],
+        meta={"priority": 1},
+    )
+    waiting = schedule("shop.tasks.record", args=["not started"])
+    first = start_manage("flush_queue", "--jobs", "1")
+    wait_until(started.exists, "the first worker to hold the gate", process=first)
+    with stderr.open("w") as err:
+        second = start_manage("flush_queue", stderr=err)
+    time.sleep(2)  # time to start and block on SQLite's write lock
+    assert second.poll() is None
+
+    # Blocked inside SQLite, it can only act on the signal once it gets the lock.
+    second.send_signal(signal.SIGTERM)
+    release.touch()
+    code, out, _ = finish(second, timeout=30)
+
+    assert code == 0, stderr.read_text()
+    assert out.strip().endswith("0 failed (stopped by signal).")
+    assert jobs_run(out) == 0
+    assert finish(first)[0] == 0
+    waiting.refresh_from_db()
+    assert (waiting.status, waiting.attempts) == (Job.Status.PENDING, 0)
