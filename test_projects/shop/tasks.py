@@ -92,5 +92,20 @@ def write_then_query(label: str, started: str, seconds: float) -> str:
     return label
 
 
+def connection_settings(client: list[str], server: list[str]) -> dict:
+    """What this worker's connection runs with, as libpq and the server see it."""
+    parameters = connection.connection.info.get_parameters()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name, setting, unit, source FROM pg_settings WHERE name = ANY(%s)",
+            [server],
+        )
+        shown = {
+            name: f"{setting}{unit or ''} from {source}"
+            for name, setting, unit, source in cursor
+        }
+    return {"client": {name: parameters.get(name) for name in client}, "server": shown}
+
+
 class NotAFunction:
     pass

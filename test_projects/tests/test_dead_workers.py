@@ -10,7 +10,7 @@ import signal
 import pytest
 from django.db import connection
 
-from async_jobs import schedule
+from async_jobs import Job, schedule
 
 from .conftest import (
     assert_next_run_completes_it_once,
@@ -77,3 +77,44 @@ def test_connection_terminated_mid_job_fails_the_run_and_keeps_the_job(
         job.args[2] = 0  # the next run need not sleep a minute
         job.save(update_fields=["args"])
     assert_next_run_completes_it_once(job, run_manage, release)
+
+
+def test_the_documented_keepalive_settings_are_applied(run_manage, on_postgres):
+    """docs/guarantees.rst: what makes a lost worker machine's lock go in seconds."""
+    if not on_postgres:
+        pytest.skip("TCP keepalives are for PostgreSQL connections")
+    server = [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+        "client_connection_check_interval",
+    ]
+    client = ["keepalives", "keepalives_idle", "keepalives_interval"]
+    client += ["keepalives_count", "tcp_user_timeout"]
+    job = schedule("shop.tasks.connection_settings", args=[client, server])
+
+    code, _out, err = run_manage(
+        "flush_queue", "--settings=testproject.keepalive_settings"
+    )
+
+    assert code == 0, err
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.errors.get().traceback
+    assert job.result == {
+        "client": {
+            "keepalives": "1",
+            "keepalives_idle": "10",
+            "keepalives_interval": "5",
+            "keepalives_count": "3",
+            "tcp_user_timeout": "25000",
+        },
+        # Set by this connection ("client"), not by the server's configuration.
+        "server": {
+            "tcp_keepalives_idle": "10s from client",
+            "tcp_keepalives_interval": "5s from client",
+            "tcp_keepalives_count": "3 from client",
+            "tcp_user_timeout": "25000ms from client",
+            "client_connection_check_interval": "5000ms from client",
+        },
+    }
