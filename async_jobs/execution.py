@@ -17,6 +17,8 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import socket
 import time
 import traceback
 from collections.abc import Iterator
@@ -31,10 +33,13 @@ from django.utils import timezone
 
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.functions import FunctionNotAllowed, resolve
+from async_jobs.groups import jobs_settled
 from async_jobs.models import Error, Job
+from async_jobs.recurrence import schedule_next
 from async_jobs.retrying import retry_delay
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
+from async_jobs.tasks_framework import is_task
 from async_jobs.timeouts import JobTimeout, time_limit
 
 logger = logging.getLogger("async_jobs")
@@ -42,7 +47,15 @@ logger = logging.getLogger("async_jobs")
 #: Errors no retry can fix: the job fails at once.
 PERMANENT_ERRORS = (FunctionNotAllowed,)
 
-_RECORDED_FIELDS = ["status", "result", "attempts", "started", "finished", "run_after"]
+_RECORDED_FIELDS = [
+    "status",
+    "result",
+    "attempts",
+    "attempt_log",
+    "started",
+    "finished",
+    "run_after",
+]
 
 
 @dataclass(frozen=True)
@@ -76,10 +89,23 @@ def _running(job: Job) -> Iterator[None]:
         _current_job.reset(token)
 
 
+def worker_id() -> str:
+    """Names this process in a job's ``attempt_log``: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def call(job: Job) -> Any:
-    """Call the job's function; a coroutine function is run to completion."""
+    """Call the job's function; a coroutine function is run to completion.
+
+    A job that names a ``Task`` of Django's tasks framework runs through it
+    (see ``async_jobs.backends``), which gives the task its context.
+    """
     function = resolve(job.name)
-    if inspect.iscoroutinefunction(function):
+    if is_task(function):
+        from async_jobs.backends import task_runner
+
+        function = task_runner(job, function)
+    elif inspect.iscoroutinefunction(function):
         function = async_to_sync(function)
     with _running(job), time_limit(job.meta.get("timeout")):
         return function(*job.args, **job.kwargs)
@@ -89,6 +115,10 @@ def run_claimed(job: Job, using: str) -> Outcome:
     """Run a job whose row the current transaction has locked; record it."""
     job.attempts += 1
     job.started = timezone.now()
+    job.attempt_log = [
+        *job.attempt_log,
+        {"worker": worker_id(), "started": job.started.isoformat()},
+    ]
     began = time.monotonic()
     try:
         with transaction.atomic(using=using):
@@ -99,17 +129,29 @@ def run_claimed(job: Job, using: str) -> Outcome:
             job.result = result
             job.finished = timezone.now()
             job.save(using=using, update_fields=_RECORDED_FIELDS)
-    except (Exception, JobTimeout) as exc:
+    except (Exception, JobTimeout, SystemExit) as exc:
         if connections[using].needs_rollback:
             _raise_transaction_lost(job, using, exc)
         outcome = _record_failure(job, using, exc, time.monotonic() - began)
     else:
         outcome = Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
         logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, outcome.duration)
+    if job.status != Job.Status.PENDING:
+        _settled(job, using)
     transaction.on_commit(
         lambda: job_finished.send(sender=Job, job=job, outcome=outcome), using=using
     )
     return outcome
+
+
+def _settled(job: Job, using: str) -> None:
+    """The job won't run again: its series goes on, its group may be finished.
+
+    In the transaction that records the outcome, so both commit with it or not
+    at all.
+    """
+    schedule_next(job, using)
+    jobs_settled([job.group_id], using)
 
 
 def _raise_transaction_lost(job: Job, using: str, exc: BaseException) -> NoReturn:

@@ -114,7 +114,11 @@ def check_defined_in_allowed_module(path: str, function: Callable[..., Any]) -> 
 
 
 def resolve(path: str) -> Callable[..., Any]:
-    """Import the function a job names, after checking it is allowed."""
+    """Import the function a job names, after checking it is allowed.
+
+    A ``Task`` of Django's tasks framework (what ``@task`` leaves at the path)
+    is returned as it is: it runs through ``async_jobs.backends``.
+    """
     if not isinstance(path, str) or "." not in path:
         raise ValueError(
             f"{path!r} is not a dotted path like 'app.tasks.send_receipt'."
@@ -131,6 +135,11 @@ def resolve(path: str) -> Callable[..., Any]:
         raise ImportError(
             f"Module {module_path!r} has no attribute {attribute!r} ({path!r})."
         ) from None
+    from async_jobs.tasks_framework import is_task
+
+    if is_task(function):
+        check_defined_in_allowed_module(path, function.func)
+        return function
     if not callable(function) or inspect.isclass(function):
         raise ValueError(f"{path!r} is not a function.")
     check_defined_in_allowed_module(path, function)

@@ -13,6 +13,12 @@ from django.utils import timezone
 
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
 from async_jobs.functions import function_path, resolve
+from async_jobs.recurrence import (
+    REPEAT_RULE,
+    check_repeat,
+    check_repeat_until,
+    first_run_after,
+)
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_scheduled
 
@@ -24,6 +30,29 @@ META_KEYS = {
     "queue": "a queue name (default 'default')",
     "max_attempts": "an int >= 1",
     "timeout": "seconds, a number > 0",
+    "repeat": REPEAT_RULE,
+    "repeat_until": "an aware datetime; the series stops before it",
+    "group": "the reference of the group the job joins, a non-empty str",
+    "completes": (
+        "the reference of the group this job completes: it runs once every job "
+        "of that group has finished"
+    ),
+    "unique": (
+        "True (one pending job per function and arguments) or a key str (one "
+        "pending job per function and key)"
+    ),
+    "task_backend": (
+        "the TASKS alias of the async_jobs.backends.JobsBackend that enqueued it "
+        "(set by that backend)"
+    ),
+}
+
+#: Controls that can't be combined, and why.
+_CONFLICTS = {
+    ("group", "repeat"): "a repeating job would keep its group from ever finishing",
+    ("completes", "repeat"): "a completion job runs once, when its group finishes",
+    ("group", "unique"): "a unique job may stand for a twin outside the group",
+    ("completes", "unique"): "a group has exactly one completion job already",
 }
 
 
@@ -74,7 +103,42 @@ def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
             and timeout > 0
         ):
             raise _meta_error("timeout", timeout)
-    return dict(meta)
+    if "task_backend" in meta and not (
+        isinstance(meta["task_backend"], str) and meta["task_backend"]
+    ):
+        raise _meta_error("task_backend", meta["task_backend"])
+    return _validate_scheduling_features(dict(meta))
+
+
+def _is_reference(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 255
+
+
+def _validate_scheduling_features(meta: dict) -> dict:
+    """Recurrence, groups and uniqueness; values are normalised for JSON."""
+    if "repeat" in meta:
+        meta["repeat"] = check_repeat(meta["repeat"])
+    if "repeat_until" in meta:
+        if "repeat" not in meta:
+            raise ValueError("meta['repeat_until'] needs meta['repeat'].")
+        meta["repeat_until"] = check_repeat_until(meta["repeat_until"])
+    for key in ("group", "completes", "unique"):
+        value = meta.get(key)
+        if key in meta and not (
+            _is_reference(value) or (key == "unique" and isinstance(value, bool))
+        ):
+            raise _meta_error(key, value)
+    if "group" in meta and meta.get("group") == meta.get("completes"):
+        raise ValueError(
+            f"meta['group'] and meta['completes'] are both {meta['group']!r}; a job "
+            "can't complete the group it belongs to."
+        )
+    for (first, second), reason in _CONFLICTS.items():
+        if meta.get(first) and meta.get(second):
+            raise ValueError(
+                f"meta[{first!r}] and meta[{second!r}] can't be combined: {reason}."
+            )
+    return meta
 
 
 def resolve_run_after(run_after: datetime | timedelta | None) -> datetime:
@@ -129,6 +193,7 @@ def schedule(
 
     The row is inserted on the jobs' database connection, so inside
     ``transaction.atomic()`` it commits or rolls back with the caller's writes.
+    With ``meta["unique"]``, a pending twin is returned instead of a new job.
     """
     from async_jobs.models import Job
 
@@ -145,22 +210,43 @@ def schedule(
         meta=meta,
         queue=meta.get("queue", "default"),
         priority=meta.get("priority", 0),
-        run_after=when,
+        run_after=_first_run_after(meta, run_after, when),
         max_attempts=meta.get("max_attempts", config.max_attempts),
     )
-    _insert(job, jobs_database())
-    return job
+    return _insert(job, jobs_database())
 
 
-def _insert(job: Job, using: str) -> None:
-    """Insert in the caller's transaction, or after it when that is elsewhere."""
+def _first_run_after(
+    meta: dict, run_after: datetime | timedelta | None, when: datetime
+) -> datetime:
+    if "completes" in meta:
+        from async_jobs.groups import held_run_after
 
-    def insert() -> None:
-        job.save(using=using, force_insert=True)
+        return held_run_after(run_after)
+    if run_after is None:
+        return first_run_after(meta, when)
+    return when
+
+
+def save_job(job: Job, using: str) -> Job:
+    """Write a new job, or find its pending unique twin; signal a new one."""
+    from async_jobs.groups import save_in_group
+    from async_jobs.uniqueness import save_or_find_twin
+
+    if "group" in job.meta or "completes" in job.meta:
+        save_in_group(job, using)
+        saved = job
+    else:
+        saved = save_or_find_twin(job, using)
+    if saved is job:
         transaction.on_commit(
             lambda: job_scheduled.send(sender=type(job), job=job), using=using
         )
+    return saved
 
+
+def _insert(job: Job, using: str) -> Job:
+    """Insert in the caller's transaction, or after it when that is elsewhere."""
     caller = connections[DEFAULT_DB_ALIAS]
     if (
         using != DEFAULT_DB_ALIAS
@@ -169,6 +255,6 @@ def _insert(job: Job, using: str) -> None:
     ):
         # The caller's transaction is on another database: a row written now
         # would survive its rollback, so write it only once that commits.
-        transaction.on_commit(insert, using=DEFAULT_DB_ALIAS)
-    else:
-        insert()
+        transaction.on_commit(lambda: save_job(job, using), using=DEFAULT_DB_ALIAS)
+        return job
+    return save_job(job, using)

@@ -40,6 +40,15 @@ def worker_env(**overrides: str) -> dict:
     return env
 
 
+def env_with_settings(directory: Path, lines: str) -> dict:
+    """``worker_env()`` for a process whose settings are the test project's
+    plus ``lines``: pass it with ``--settings=changed_settings``."""
+    (directory / "changed_settings.py").write_text(
+        f"from testproject.settings import *\n{lines}\n"
+    )
+    return worker_env(PYTHONPATH=f"{directory}{os.pathsep}{worker_env()['PYTHONPATH']}")
+
+
 def manage(*args: str, env: dict | None = None, **popen_kwargs) -> subprocess.Popen:
     """Start ``manage.py`` in a real process against the test database."""
     popen_kwargs = {
@@ -95,12 +104,13 @@ def finish(process: subprocess.Popen, timeout: float = 60) -> tuple[int, str, st
 
 def wait_until(
     condition: Callable[[], bool],
-    what: str,
+    what: str = "",
     *,
     timeout: float = 30,
     process: subprocess.Popen | None = None,
 ) -> None:
     """Poll ``condition``; fail the test after ``timeout`` or if ``process`` ends."""
+    what = what or repr(condition)
     deadline = time.monotonic() + timeout
     while not condition():
         if process is not None and process.poll() is not None:

@@ -28,7 +28,7 @@ def test_sigkill_mid_job_rolls_back_its_writes_and_the_next_run_completes_it(
 ):
     started, release = tmp_path / "started", tmp_path / "release"
     job = schedule(
-        "shop.tasks.write_then_wait", args=["once", str(started), str(release)]
+        "shop.tasks.write_then_hold", args=["once", str(started), str(release)]
     )
     worker = start_manage("flush_queue")
     wait_until(started.exists, "the job to write and announce itself", process=worker)
@@ -56,7 +56,7 @@ def test_connection_terminated_mid_job_fails_the_run_and_keeps_the_job(
         job = schedule("shop.tasks.write_then_query", args=["once", str(started), 60])
     else:
         job = schedule(
-            "shop.tasks.write_then_wait", args=["once", str(started), str(release)]
+            "shop.tasks.write_then_hold", args=["once", str(started), str(release)]
         )
     worker = start_manage("flush_queue")
     wait_until(started.exists, "the job to write and announce itself", process=worker)

@@ -50,7 +50,7 @@ def test_four_workers_run_2000_jobs_exactly_once(start_manage, on_postgres, tmp_
     with transaction.atomic():
         for label in sorted(gates):
             schedule(
-                "shop.tasks.write_then_wait",
+                "shop.tasks.write_then_hold",
                 args=[label, str(tmp_path / label), str(release)],
                 meta={"priority": 1},
             )
@@ -74,7 +74,7 @@ def test_two_sqlite_workers_take_turns_and_run_each_job_once(
         pytest.skip("SQLite's single writer; PostgreSQL runs the 4-worker test")
     release = tmp_path / "release"
     schedule(
-        "shop.tasks.write_then_wait",
+        "shop.tasks.write_then_hold",
         args=["gate", str(tmp_path / "gate"), str(release)],
         meta={"priority": 1},
     )

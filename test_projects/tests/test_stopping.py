@@ -101,7 +101,7 @@ def test_a_stop_signal_lets_the_job_finish_then_the_worker_exits_0(
         tmp_path / name for name in ("started", "release", "err")
     )
     job = schedule(
-        "shop.tasks.write_then_wait",
+        "shop.tasks.write_then_hold",
         args=["finished", str(started), str(release)],
         meta={"priority": 1},
     )
@@ -145,7 +145,7 @@ def test_a_second_stop_signal_aborts_the_job_which_stays_pending(
         job = schedule("shop.tasks.write_then_query", args=["once", str(started), 60])
     else:
         job = schedule(
-            "shop.tasks.write_then_wait", args=["once", str(started), str(release)]
+            "shop.tasks.write_then_hold", args=["once", str(started), str(release)]
         )
     with stderr.open("w") as err:
         worker = start_manage("flush_queue", stderr=err)
@@ -181,7 +181,7 @@ def test_a_sqlite_worker_stopped_while_waiting_for_the_lock_runs_no_job(
         tmp_path / name for name in ("started", "release", "err")
     )
     schedule(
-        "shop.tasks.write_then_wait",
+        "shop.tasks.write_then_hold",
         args=["gate", str(started), str(release)],
         meta={"priority": 1},
     )

@@ -73,7 +73,7 @@ class Command(BaseCommand):
             check_database_ready(using)
         except DatabaseNotReady as exc:
             raise CommandError(str(exc)) from exc
-        self.check()
+        self.check(databases=[using])
         worker = Worker(
             using=using,
             queues=queues,
