@@ -91,6 +91,12 @@ def write_then_hold(label: str, started: str, release: str) -> str:
     return label
 
 
+def write_hold_then_fail(label: str, started: str, release: str) -> None:
+    """``write_then_hold``, then raise without touching the database."""
+    write_then_hold(label, started, release)
+    raise RuntimeError(f"failed after holding {label}")
+
+
 def write_then_query(label: str, started: str, seconds: float) -> str:
     """Write a Mark, announce, then spend ``seconds`` inside a PostgreSQL query."""
     Mark.objects.create(label=label)

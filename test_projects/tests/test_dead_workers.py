@@ -45,7 +45,7 @@ def test_sigkill_mid_job_rolls_back_its_writes_and_the_next_run_completes_it(
     assert_next_run_completes_it_once(job, run_manage, release)
 
 
-@pytest.mark.parametrize("where", ["between queries", "inside a query"])
+@pytest.mark.parametrize("where", ["between queries", "inside a query", "then raises"])
 def test_connection_terminated_mid_job_fails_the_run_and_keeps_the_job(
     where, start_manage, run_manage, on_postgres, tmp_path
 ):
@@ -55,8 +55,11 @@ def test_connection_terminated_mid_job_fails_the_run_and_keeps_the_job(
     if where == "inside a query":
         job = schedule("shop.tasks.write_then_query", args=["once", str(started), 60])
     else:
+        function = (
+            "write_hold_then_fail" if where == "then raises" else "write_then_hold"
+        )
         job = schedule(
-            "shop.tasks.write_then_hold", args=["once", str(started), str(release)]
+            f"shop.tasks.{function}", args=["once", str(started), str(release)]
         )
     worker = start_manage("flush_queue")
     wait_until(started.exists, "the job to write and announce itself", process=worker)
@@ -69,13 +72,29 @@ def test_connection_terminated_mid_job_fails_the_run_and_keeps_the_job(
     assert code == 1
     assert out == ""
     assert "CommandError: Database 'default' failed during the run" in err
-    assert "terminating connection due to administrator command" in err
+    if where == "then raises":
+        # Its failure can't be recorded either: the savepoint is lost too.
+        assert (
+            f"Job {job.pk} raised RuntimeError: failed after holding once, and" in err
+        )
+        assert "could not be rolled back to before the job" in err
+    else:
+        assert "terminating connection due to administrator command" in err
     assert "the running job was rolled back and stays pending" in err
     assert "Traceback" not in err
     assert_untouched(job)
     if where == "inside a query":
         job.args[2] = 0  # the next run need not sleep a minute
         job.save(update_fields=["args"])
+    if where == "then raises":
+        # It fails again, and this time the failure is recorded, as attempt 1.
+        code, out, err = run_manage("flush_queue")
+        assert code == 0, err
+        assert out.strip().endswith("0 succeeded, 1 to retry, 0 failed.")
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.PENDING, 1)
+        assert job.errors.get().exception.endswith("failed after holding once")
+        return
     assert_next_run_completes_it_once(job, run_manage, release)
 
 
