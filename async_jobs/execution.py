@@ -25,10 +25,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from asgiref.sync import async_to_sync
-from django.db import transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from async_jobs.conf import jobs_database, jobs_settings
@@ -130,6 +130,8 @@ def run_claimed(job: Job, using: str) -> Outcome:
             job.finished = timezone.now()
             job.save(using=using, update_fields=_RECORDED_FIELDS)
     except (Exception, JobTimeout, SystemExit) as exc:
+        if connections[using].needs_rollback:
+            _raise_transaction_lost(job, using, exc)
         outcome = _record_failure(job, using, exc, time.monotonic() - began)
     else:
         outcome = Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
@@ -172,6 +174,23 @@ def _finished(outcome: Outcome) -> None:
             exc_info=outcome.exception,
         )
     job_finished.send(sender=Job, job=job, outcome=outcome)
+
+
+def _raise_transaction_lost(job: Job, using: str, exc: BaseException) -> NoReturn:
+    """The job's savepoint could not be rolled back: its transaction is lost.
+
+    That happens when the connection is gone (dropped, terminated, the server
+    restarted). Nothing more can be written in the transaction and the
+    database rolls it back whole, so the job stays pending, untouched. Raise
+    what caused it, as a ``DatabaseError`` for the worker to stop on, rather
+    than the error of a vain attempt to record the failure.
+    """
+    if isinstance(exc, DatabaseError):
+        raise exc
+    raise DatabaseError(
+        f"Job {job.pk} raised {type(exc).__name__}: {exc}, and its transaction "
+        f"on database {using!r} could not be rolled back to before the job"
+    ) from exc
 
 
 def _record_failure(

@@ -6,19 +6,26 @@
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
 from async_jobs.claiming import claim, claim_transaction
 from async_jobs.execution import Outcome, run_claimed
 
 
-class WorkerAborted(BaseException):
-    """A second stop signal: abandon the running job, roll it back."""
+class WorkerAborted(KeyboardInterrupt):
+    """A second stop signal: abandon the running job, roll it back.
+
+    A ``KeyboardInterrupt`` so that, like Ctrl-C, psycopg cancels a query it
+    interrupts: otherwise the server would go on running it, holding the job's
+    row lock, long after the worker gave up.
+    """
 
 
 @dataclass
@@ -47,6 +54,10 @@ class Worker:
     def run_one(self) -> bool:
         """Claim and run one due job; False when none was due."""
         with claim_transaction(self.using):
+            if self.stop_requested:
+                # Asked while waiting for SQLite's write lock, which keeps a
+                # signal handler from running until it is granted.
+                return False
             jobs = claim(self.using, self.queues, limit=1)
             if not jobs:
                 return False
@@ -71,14 +82,28 @@ class Worker:
         return f"Ran {self.processed} {jobs} in {elapsed:.2f}s: {parts}{stopped}."
 
 
+def _say(line: str) -> None:
+    """Write to stderr from a signal handler.
+
+    Unbuffered: the signal may have interrupted a write to ``sys.stderr``,
+    which a buffered write would re-enter.
+    """
+    with suppress(AttributeError, OSError, ValueError):  # no usable stderr
+        os.write(sys.__stderr__.fileno(), f"{line}\n".encode())
+
+
 @contextmanager
 def stop_on_signals(worker: Worker) -> Iterator[None]:
     """First SIGTERM/SIGINT: finish the running job, then stop. Second: abort it."""
 
     def handle(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
         if worker.stop_requested:
-            raise WorkerAborted(f"aborted by a second {signal.Signals(signum).name}")
+            raise WorkerAborted(f"aborted by a second {name}")
         worker.stop_requested = True
+        _say(
+            f"{name} received: stopping after the running job; {name} again aborts it."
+        )
 
     previous = {
         sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)

@@ -9,6 +9,23 @@ from async_jobs.management.preflight import ready_database
 from async_jobs.worker import Worker, WorkerAborted, stop_on_signals
 
 
+def what_failed(exc: BaseException) -> str:
+    """What led to ``exc``, first cause first.
+
+    A lost connection often raises twice: the job's query meets the server's
+    "terminating connection", then Django's attempt to reconnect is refused.
+    Both are worth a line in the operator's mail.
+    """
+    messages: list[str] = []
+    link: BaseException | None = exc
+    while link is not None and len(messages) < 5:
+        message = " ".join(str(link).split()) or type(link).__name__
+        if message not in messages:
+            messages.insert(0, message)
+        link = link.__cause__ or link.__context__
+    return ", then: ".join(messages)
+
+
 class Command(BaseCommand):
     help = (
         "Run the jobs that are due, each in its own transaction, then exit. "
@@ -46,8 +63,8 @@ class Command(BaseCommand):
             ) from exc
         except DatabaseError as exc:
             raise CommandError(
-                f"Database {using!r} failed during the run: {exc}".strip()
-                + f"; the running job was rolled back and stays pending. "
+                f"Database {using!r} failed during the run: {what_failed(exc)}; "
+                f"the running job was rolled back and stays pending. "
                 f"{worker.summary()}"
             ) from exc
         self.stdout.write(worker.summary())
