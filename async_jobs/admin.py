@@ -103,8 +103,6 @@ class ErrorInline(admin.StackedInline):
     can_delete = False
     fields = ["attempt", "occurred", "exception", "traceback_display"]
     readonly_fields = fields
-    # Attempts restart at 1 when a job is run again: show them as they happened.
-    ordering = ["occurred", "pk"]
 
     @admin.display(description="traceback")
     def traceback_display(self, error: Error) -> str:
