@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from async_jobs.models import Group, Job
@@ -116,6 +116,19 @@ def jobs_settled(group_ids: Iterable[int | None], using: str) -> None:
     for group_id in sorted(set(group_ids) - {None}):
         group = Group.objects.using(using).select_for_update().get(pk=group_id)
         _close_if_finished(group, using)
+
+
+def delete_jobs(jobs: QuerySet[Job]) -> None:
+    """Delete jobs, and close the groups left with none pending.
+
+    A bare ``delete()`` of a group's last pending job would leave the group
+    open for ever, and its completion job held.
+    """
+    using = jobs.db
+    with transaction.atomic(using=using):
+        group_ids = list(jobs.order_by().values_list("group_id", flat=True))
+        jobs.delete()
+        jobs_settled(group_ids, using)
 
 
 def _close_if_finished(group: Group, using: str) -> None:
