@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
@@ -28,6 +29,11 @@ from async_jobs.models import Group, Job
 
 #: ``run_after`` of a completion job whose group has not finished yet.
 HELD = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def held() -> datetime:
+    """:data:`HELD` as a datetime the database takes: naive without ``USE_TZ``."""
+    return HELD if settings.USE_TZ else timezone.make_naive(HELD, UTC)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def held_run_after(run_after: object) -> datetime:
             "A job with meta['completes'] runs as soon as its group has finished; "
             "it can't take a run_after."
         )
-    return HELD
+    return held()
 
 
 def _lock_open_group(reference: str, using: str) -> Group:
