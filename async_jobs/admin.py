@@ -29,6 +29,7 @@ from django.utils.http import urlencode
 
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.durations import format_age
+from async_jobs.groups import delete_jobs
 from async_jobs.models import Error, Job
 from async_jobs.pagination import EstimatedCountPaginator
 from async_jobs.requeuing import REQUEUABLE
@@ -103,8 +104,6 @@ class ErrorInline(admin.StackedInline):
     can_delete = False
     fields = ["attempt", "occurred", "exception", "traceback_display"]
     readonly_fields = fields
-    # Attempts restart at 1 when a job is run again: show them as they happened.
-    ordering = ["occurred", "pk"]
 
     @admin.display(description="traceback")
     def traceback_display(self, error: Error) -> str:
@@ -252,6 +251,13 @@ class JobAdmin(admin.ModelAdmin):
     ) -> bool:
         # Without an object this decides the cancel and requeue actions.
         return obj is None and super().has_change_permission(request)
+
+    # A deleted job may have been the last pending one of its group.
+    def delete_model(self, request: HttpRequest, obj: Job) -> None:
+        delete_jobs(Job.objects.using(obj._state.db).filter(pk=obj.pk))
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        delete_jobs(queryset)
 
     @admin.action(description="Cancel selected pending jobs", permissions=["change"])
     def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:

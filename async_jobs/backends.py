@@ -165,15 +165,15 @@ def job_task(job: Job, alias: str) -> framework.Task:
 
 
 def job_errors(job: Job) -> list[framework.TaskError]:
-    """One ``TaskError`` per failed attempt, oldest first."""
+    """One ``TaskError`` per failed attempt, oldest first (``Error``'s ordering)."""
     return [
         framework.TaskError(
             exception_class_path=error.exception.partition(": ")[0],
             traceback=error.traceback,
         )
-        for error in Error.objects.using(job._state.db or jobs_database())
-        .filter(job=job)
-        .order_by("attempt")
+        for error in Error.objects.using(job._state.db or jobs_database()).filter(
+            job=job
+        )
     ]
 
 

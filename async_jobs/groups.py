@@ -20,14 +20,20 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from django.conf import settings
 from django.db import transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from async_jobs.models import Group, Job
 
 #: ``run_after`` of a completion job whose group has not finished yet.
 HELD = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+def held() -> datetime:
+    """:data:`HELD` as a datetime the database takes: naive without ``USE_TZ``."""
+    return HELD if settings.USE_TZ else timezone.make_naive(HELD, UTC)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def held_run_after(run_after: object) -> datetime:
             "A job with meta['completes'] runs as soon as its group has finished; "
             "it can't take a run_after."
         )
-    return HELD
+    return held()
 
 
 def _lock_open_group(reference: str, using: str) -> Group:
@@ -116,6 +122,19 @@ def jobs_settled(group_ids: Iterable[int | None], using: str) -> None:
     for group_id in sorted(set(group_ids) - {None}):
         group = Group.objects.using(using).select_for_update().get(pk=group_id)
         _close_if_finished(group, using)
+
+
+def delete_jobs(jobs: QuerySet[Job]) -> None:
+    """Delete jobs, and close the groups left with none pending.
+
+    A bare ``delete()`` of a group's last pending job would leave the group
+    open for ever, and its completion job held.
+    """
+    using = jobs.db
+    with transaction.atomic(using=using):
+        group_ids = list(jobs.order_by().values_list("group_id", flat=True))
+        jobs.delete()
+        jobs_settled(group_ids, using)
 
 
 def _close_if_finished(group: Group, using: str) -> None:

@@ -193,7 +193,9 @@ class Error(models.Model):
     occurred = models.DateTimeField(default=timezone.now)
 
     class Meta:
-        ordering = ["job", "attempt"]
+        # In the order they happened: attempts count from 1 again when a job
+        # is run again (requeue()), so they can't order a job's history.
+        ordering = ["job", "pk"]
         indexes = [
             # Serves the count of failed attempts in the last hour.
             models.Index(fields=["occurred"], name="async_jobs_error_occurred_idx"),

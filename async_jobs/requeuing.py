@@ -22,7 +22,7 @@ from django.db import IntegrityError, transaction
 from django.utils import timezone
 
 from async_jobs.conf import jobs_database
-from async_jobs.groups import HELD
+from async_jobs.groups import held
 from async_jobs.models import Group, Job
 
 #: The statuses a job can be run again from.
@@ -63,11 +63,11 @@ def requeue(job: Job) -> None:
                 .select_for_update()
                 .filter(pk=locked.group_id)
             )
-        held = any(group.finished is None for group in completes)
+        waits = any(group.finished is None for group in completes)
         changes = {
             "status": Job.Status.PENDING,
             "attempts": 0,
-            "run_after": HELD if held else timezone.now(),
+            "run_after": held() if waits else timezone.now(),
             "started": None,
             "finished": None,
             "result": None,

@@ -14,6 +14,9 @@ from async_jobs.conf import JobsSettings
 
 def retry_delay(attempt: int, config: JobsSettings) -> timedelta:
     """The wait before the attempt after ``attempt`` (1 for the first)."""
-    delay = min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1))
+    try:
+        delay = min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1))
+    except OverflowError:  # a float base after some 1,000 attempts
+        delay = config.backoff_max
     delay *= 1 + random.uniform(-config.backoff_jitter, config.backoff_jitter)
     return timedelta(seconds=delay)

@@ -351,6 +351,27 @@ def test_delete_action_deletes_jobs_and_their_errors(admin_client):
     assert not Error.objects.exists()
 
 
+@pytest.mark.parametrize("how", ["action", "page"])
+def test_deleting_a_groups_last_pending_job_finishes_the_group(admin_client, how):
+    done = schedule("shop.tasks.noop", meta={"group": "batch"})
+    dropped = schedule("shop.tasks.noop", meta={"group": "batch"})
+    report = schedule("shop.tasks.report_receipts", meta={"completes": "batch"})
+    done.execute()
+
+    if how == "action":
+        run_action(admin_client, "delete_selected", [dropped], post="yes")
+    else:
+        url = reverse("admin:async_jobs_job_delete", args=[dropped.pk])
+        admin_client.post(url, {"post": "yes"})
+
+    assert not Job.objects.filter(pk=dropped.pk).exists()
+    assert dropped.group_id == done.group_id
+    done.group.refresh_from_db()
+    assert done.group.finished is not None
+    report.refresh_from_db()
+    assert report.run_after == done.group.finished  # released, due now
+
+
 def test_a_user_who_may_only_view_gets_no_actions(viewer):
     pending = schedule("shop.tasks.noop")
     failed = failed_job()

@@ -140,6 +140,23 @@ def test_backoff_is_capped(flush_queue):
             clock.tick(timedelta(seconds=delay))
 
 
+@override_settings(
+    ASYNC_JOBS={"BACKOFF_BASE": 0.5, "BACKOFF_MAX": 15, "BACKOFF_JITTER": 0}
+)
+def test_backoff_is_capped_however_many_attempts_came_before(flush_queue):
+    """2 ** 1100 is beyond a float: the cap applies, no OverflowError."""
+    job = schedule(
+        "shop.tasks.write_then_fail", args=["x"], meta={"max_attempts": 5000}
+    )
+    Job.objects.filter(pk=job.pk).update(attempts=1100)
+
+    with freeze_time("2030-01-01 12:00:00"):
+        assert "1 to retry" in flush_queue()
+        job.refresh_from_db()
+        assert job.run_after == timezone.now() + timedelta(seconds=15)
+    assert job.attempts == 1101
+
+
 def test_due_jobs_run_by_priority_then_run_after_then_id(flush_queue):
     now = timezone.now()
     schedule("shop.tasks.record", args=["low"], meta={"priority": -5})

@@ -1,10 +1,11 @@
 """Groups: a completion job runs once, after every job of its group finished."""
 
 import re
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import pytest
 from django.db import transaction
+from django.test import override_settings
 from django.utils import timezone
 from shop.models import Mark
 
@@ -225,3 +226,19 @@ def test_two_workers_run_each_completion_job_once_and_last(on_postgres, tmp_path
     if on_postgres:
         # The race under test happened: a group's two jobs ran side by side.
         assert all(overlap(*group.jobs.all()) for group in Group.objects.all())
+
+
+@override_settings(USE_TZ=False)
+def test_groups_work_without_time_zone_support(flush_queue):
+    with transaction.atomic():
+        done = schedule("shop.tasks.report_receipts", meta={"completes": "naive"})
+        job = schedule("shop.tasks.record", args=["ok"], meta={"group": "naive"})
+    done.refresh_from_db()
+    assert done.run_after == timezone.make_naive(HELD, UTC)
+
+    assert "2 succeeded" in flush_queue()  # the job, then its completion job
+
+    done.refresh_from_db()
+    job.group.refresh_from_db()
+    assert done.status == Job.Status.SUCCEEDED
+    assert timezone.is_naive(job.group.finished)

@@ -160,6 +160,24 @@ def test_get_result_after_failures_has_one_error_per_attempt(flush_queue, task_s
     assert finished == [(Status.READY, 1), (Status.FAILED, 2)]
 
 
+@override_settings(ASYNC_JOBS={**NO_BACKOFF, "MAX_ATTEMPTS": 2})
+def test_errors_of_a_task_run_again_stay_in_the_order_they_happened(flush_queue):
+    result = tasks.fail_before_attempt.enqueue(succeed_on=99)
+    flush_queue()
+    job = Job.objects.get(pk=result.id)
+    assert job.status == Job.Status.FAILED
+
+    job.requeue()  # its attempts count from 1 again; its history stays
+    flush_queue("--jobs", "1")
+    result.refresh()
+
+    assert result.attempts == 3
+    assert [error.traceback.splitlines()[-1] for error in result.errors] == [
+        f"RuntimeError: attempt {attempt} fails" for attempt in (1, 2, 3)
+    ]
+    assert list(job.errors.values_list("attempt", flat=True)) == [1, 2, 1]
+
+
 @pytest.mark.parametrize("result_id", ["123", "not-a-number", "0", "-1", str(2**70)])
 def test_get_result_of_an_unknown_id_raises(backend, result_id):
     tasks.noop.enqueue()  # some other result exists
