@@ -145,6 +145,14 @@ def test_max_age_exits_2_when_a_due_job_waited_longer(jobs):
     )
 
 
+def test_max_age_takes_the_ages_prune_jobs_takes(jobs):
+    assert queue_status("--max-age", "5m").startswith("queue ")
+    with pytest.raises(CommandError, match="longer than --max-age 240s"):
+        queue_status("--max-age", "4m")
+    with pytest.raises(CommandError, match="'never' is no limit"):
+        queue_status("--max-age", "never")
+
+
 def test_a_job_not_yet_due_is_no_backlog():
     schedule("shop.tasks.noop", run_after=timedelta(seconds=30))
 
@@ -173,4 +181,4 @@ def test_exit_status_and_messages_from_a_real_process(run_manage):
 
     code, _out, err = run_manage("queue_status", "--max-age", "soon", timeout=30)
     assert code == 2
-    assert "argument --max-age: 'soon' is not a number of seconds >= 0." in err
+    assert "argument --max-age: 'soon' is not an age; write a number with a unit" in err

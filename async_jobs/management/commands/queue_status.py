@@ -2,12 +2,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from datetime import timedelta
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from async_jobs.durations import format_age
+from async_jobs.durations import format_age, parse_age
 from async_jobs.management.arguments import add_queue_option
 from async_jobs.management.preflight import ready_database
 from async_jobs.models import Job
@@ -26,14 +25,15 @@ COLUMNS = (
 )
 
 
-def non_negative_seconds(value: str) -> float:
+def max_age_option(value: str) -> timedelta:
+    """An age as prune_jobs takes it (``600``, ``10m``), but never ``never``."""
     try:
-        seconds = float(value)
-    except ValueError:
-        seconds = math.nan
-    if not seconds >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{value!r} is not a number of seconds >= 0.")
-    return seconds
+        age = parse_age(value)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if age is None:
+        raise argparse.ArgumentTypeError("'never' is no limit; leave --max-age out.")
+    return age
 
 
 class Command(BaseCommand):
@@ -54,17 +54,18 @@ class Command(BaseCommand):
         )
         parser.add_argument(
             "--max-age",
-            type=non_negative_seconds,
-            metavar="SECONDS",
+            type=max_age_option,
+            metavar="AGE",
             help=(
                 f"Exit with status {BACKLOG_EXIT_STATUS} if the oldest due pending "
-                "job has waited longer than SECONDS since it became due."
+                "job has waited longer than AGE since it became due: seconds, or "
+                "a number with a unit s, m, h, d or w (600, 10m)."
             ),
         )
         add_queue_option(parser, "Only this queue (repeat for several). Default: all.")
 
     def handle(
-        self, *, as_json: bool, max_age: float | None, queues: list[str], **options
+        self, *, as_json: bool, max_age: timedelta | None, queues: list[str], **options
     ) -> None:
         ready_database(self, queues)
         overview = queue_overview(queues)
@@ -75,12 +76,11 @@ class Command(BaseCommand):
         if max_age is None:
             return
         queue, age = overview.longest_wait()
-        limit = timedelta(seconds=max_age)
-        if age is not None and age > limit:
+        if age is not None and age > max_age:
             raise CommandError(
                 f"Backlog: a due job in queue {queue!r} has waited "
                 f"{format_age(age)} ({age.total_seconds():.0f}s), longer than "
-                f"--max-age {max_age:g}s.",
+                f"--max-age {max_age.total_seconds():g}s.",
                 returncode=BACKLOG_EXIT_STATUS,
             )
 
