@@ -2,9 +2,9 @@
 
 from typing import Any
 
-from async_jobs.scheduling import schedule
+from async_jobs.scheduling import schedule, schedule_many
 
-__all__ = ["Error", "Job", "schedule"]
+__all__ = ["Error", "Job", "schedule", "schedule_many"]
 
 
 def __getattr__(name: str) -> Any:

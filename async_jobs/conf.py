@@ -25,6 +25,8 @@ DEFAULTS = {
     "BACKOFF_MAX": 3600,
     "BACKOFF_JITTER": 0.25,
     "ALLOWED_MODULES": None,
+    "BATCH_SIZE": 1,
+    "POLL_INTERVAL": 1.0,
 }
 
 
@@ -37,6 +39,8 @@ class JobsSettings:
     backoff_max: float
     backoff_jitter: float
     allowed_modules: tuple[str, ...] | None
+    batch_size: int
+    poll_interval: float
 
 
 def _is_number(value: object) -> bool:
@@ -104,6 +108,27 @@ def problems(raw: object) -> list[str]:
             "ASYNC_JOBS['ALLOWED_MODULES'] must be None or a list of module names, "
             f"not {value['ALLOWED_MODULES']!r}."
         )
+    found.extend(_worker_problems(value))
+    return found
+
+
+def _worker_problems(value: dict) -> list[str]:
+    found = []
+    batch_size = value["BATCH_SIZE"]
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
+        found.append(
+            "ASYNC_JOBS['BATCH_SIZE'] must be an integer of at least 1 (jobs per "
+            f"worker transaction), not {batch_size!r}."
+        )
+    if not _is_number(value["POLL_INTERVAL"]) or value["POLL_INTERVAL"] <= 0:
+        found.append(
+            "ASYNC_JOBS['POLL_INTERVAL'] must be a number of seconds > 0, "
+            f"not {value['POLL_INTERVAL']!r}."
+        )
     return found
 
 
@@ -127,6 +152,8 @@ def jobs_settings() -> JobsSettings:
             if value["ALLOWED_MODULES"] is None
             else tuple(value["ALLOWED_MODULES"])
         ),
+        batch_size=value["BATCH_SIZE"],
+        poll_interval=value["POLL_INTERVAL"],
     )
 
 

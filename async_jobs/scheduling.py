@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
@@ -13,11 +13,15 @@ from django.utils import timezone
 
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
 from async_jobs.functions import function_path, resolve
+from async_jobs.notifications import announcement
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_scheduled
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
+
+#: The keys of a call given to ``schedule_many()``: ``schedule()``'s arguments.
+SCHEDULE_ARGUMENTS = ("function", "args", "kwargs", "run_after", "meta")
 
 META_KEYS = {
     "priority": "an int from -100 to 100, higher runs first (default 0)",
@@ -130,6 +134,52 @@ def schedule(
     The row is inserted on the jobs' database connection, so inside
     ``transaction.atomic()`` it commits or rolls back with the caller's writes.
     """
+    job = build_job(function, args, kwargs, run_after, meta)
+    _insert([job], jobs_database())
+    return job
+
+
+def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
+    """Schedule many calls with one INSERT; each is a dict of schedule()'s arguments.
+
+    ``{"function": ..., "args": ..., "kwargs": ..., "run_after": ..., "meta": ...}``,
+    ``function`` required. Every call is checked before any row is written, so
+    one bad call schedules nothing; its error names its index. The rows join
+    the caller's transaction exactly as ``schedule()``'s do.
+    """
+    jobs = []
+    for index, call in enumerate(calls):
+        where = f"calls[{index}]"
+        if not isinstance(call, Mapping):
+            raise TypeError(
+                f"{where} must be a dict of schedule()'s arguments, not "
+                f"{type(call).__name__}."
+            )
+        unknown = sorted(set(call) - set(SCHEDULE_ARGUMENTS), key=str)
+        if unknown:
+            raise TypeError(
+                f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(SCHEDULE_ARGUMENTS)}."
+            )
+        if "function" not in call:
+            raise TypeError(f"{where} has no 'function'.")
+        try:
+            jobs.append(build_job(**call))
+        except (TypeError, ValueError, ImportError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+    if jobs:
+        _insert(jobs, jobs_database())
+    return jobs
+
+
+def build_job(
+    function: str | Callable[..., Any],
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    run_after: datetime | timedelta | None = None,
+    meta: Mapping[str, Any] | None = None,
+) -> Job:
+    """Check schedule()'s arguments and return the unsaved ``Job`` they make."""
     from async_jobs.models import Job
 
     config = jobs_settings()
@@ -148,18 +198,26 @@ def schedule(
         run_after=when,
         max_attempts=meta.get("max_attempts", config.max_attempts),
     )
-    _insert(job, jobs_database())
     return job
 
 
-def _insert(job: Job, using: str) -> None:
+def _insert(jobs: list[Job], using: str) -> None:
     """Insert in the caller's transaction, or after it when that is elsewhere."""
+    from async_jobs.models import Job
 
     def insert() -> None:
-        job.save(using=using, force_insert=True)
-        transaction.on_commit(
-            lambda: job_scheduled.send(sender=type(job), job=job), using=using
-        )
+        if len(jobs) == 1:
+            jobs[0].save(using=using, force_insert=True)
+        else:
+            Job.objects.using(using).bulk_create(jobs)
+        wake_workers = announcement(using, jobs)
+
+        def scheduled() -> None:
+            wake_workers()
+            for job in jobs:
+                job_scheduled.send(sender=Job, job=job)
+
+        transaction.on_commit(scheduled, using=using)
 
     caller = connections[DEFAULT_DB_ALIAS]
     if (

@@ -1,6 +1,7 @@
 """Real job functions the tests schedule; they write to the shop's tables."""
 
 import time
+from pathlib import Path
 
 from shop.models import Mark, Order, Receipt
 
@@ -44,3 +45,12 @@ def write_then_sleep(label: str, seconds: float) -> str:
 
 class NotAFunction:
     pass
+
+
+def record_then_sleep(label: str, started_file: str, seconds: float) -> str:
+    """Write a Mark, then create ``started_file`` (so a test sees the job is
+    running, which its uncommitted writes can't show) and sleep."""
+    Mark.objects.create(label=label)
+    Path(started_file).touch()
+    time.sleep(seconds)
+    return label

@@ -17,10 +17,17 @@ def positive_int(value: str) -> int:
     return number
 
 
+def positive_seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise ValueError(value)
+    return number
+
+
 class Command(BaseCommand):
     help = (
-        "Run the jobs that are due, each in its own transaction, then exit. "
-        "Run it from cron, or as a worker."
+        "Run the jobs that are due, each in its own transaction, then exit "
+        "(from cron); with --loop, keep running jobs as they fall due (a worker)."
     )
     # Run after the database check in handle(): some system checks connect to
     # the database, and a down database deserves its own one-line message.
@@ -41,16 +48,58 @@ class Command(BaseCommand):
             metavar="NAME",
             help="Only run jobs of this queue (repeat for several). Default: all.",
         )
+        parser.add_argument(
+            "--loop",
+            action="store_true",
+            help="Keep running: wait for new jobs instead of exiting when none is "
+            "due. Reconnects when the database connection breaks.",
+        )
+        parser.add_argument(
+            "--sleep",
+            type=positive_seconds,
+            metavar="SECONDS",
+            help="With --loop, look for due jobs at least this often (default: "
+            "ASYNC_JOBS['POLL_INTERVAL'], 1). On PostgreSQL a notification wakes "
+            "the worker at once; on SQLite this is the only wake-up.",
+        )
+        parser.add_argument(
+            "--max-seconds",
+            type=positive_seconds,
+            metavar="SECONDS",
+            help="Start no job after this many seconds; finish the running one, "
+            "then exit.",
+        )
+        parser.add_argument(
+            "--batch",
+            type=positive_int,
+            metavar="K",
+            help="Run up to K jobs per transaction, each in its own savepoint "
+            "(default: ASYNC_JOBS['BATCH_SIZE'], 1). Faster commits, but a crash "
+            "re-runs the whole batch; see the docs.",
+        )
 
-    def handle(self, *, jobs: int | None, queues: list[str], **options) -> None:
+    def handle(
+        self,
+        *,
+        jobs: int | None,
+        queues: list[str],
+        loop: bool,
+        sleep: float | None,
+        max_seconds: float | None,
+        batch: int | None,
+        **options,
+    ) -> None:
         self.check(tags=[Tags.compatibility])  # ASYNC_JOBS itself; no database
-        configured = jobs_settings().queues
+        config = jobs_settings()
+        configured = config.queues
         unknown = [name for name in queues if configured and name not in configured]
         if unknown:
             raise CommandError(
                 f"Unknown queue(s) {', '.join(map(repr, unknown))}; "
                 f"ASYNC_JOBS['QUEUES'] is {', '.join(map(repr, configured))}."
             )
+        if sleep is not None and not loop:
+            raise CommandError("--sleep only applies with --loop.")
         using = jobs_database()
         try:
             check_database_ready(using)
@@ -61,11 +110,16 @@ class Command(BaseCommand):
             using=using,
             queues=queues,
             max_jobs=jobs,
+            batch_size=batch or config.batch_size,
+            max_seconds=max_seconds,
             on_outcome=self.report if options["verbosity"] >= 2 else None,
         )
         try:
             with stop_on_signals(worker):
-                worker.run()
+                if loop:
+                    worker.loop(sleep or config.poll_interval)
+                else:
+                    worker.run()
         except WorkerAborted as exc:
             raise CommandError(
                 f"{exc}: the running job was rolled back and stays pending. "
@@ -88,3 +142,4 @@ class Command(BaseCommand):
         if outcome.exception is not None:
             line += f": {type(outcome.exception).__name__}: {outcome.exception}"
         self.stdout.write(line)
+        self.stdout.flush()  # a --loop worker's log should not lag
