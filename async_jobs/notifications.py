@@ -57,30 +57,38 @@ def listens(using: str) -> bool:
 class _Announcement:
     """The NOTIFY one transaction owes, gathered over its ``schedule()`` calls."""
 
-    def __init__(self, using: str) -> None:
+    def __init__(self, using: str, hooks: object) -> None:
         self.using = using
+        # The list Django keeps this transaction's on_commit hooks in: a new
+        # list after a commit or rollback (or a savepoint rollback).
+        self.hooks = hooks
         self.queues: set[str] = set()
         self.earliest: float = math.inf
         self.sent = False
+        # One made later in the same transaction, after a savepoint rollback.
+        self.successor: _Announcement | None = None
 
     def add(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
             self.queues.add(job.queue)
             self.earliest = min(self.earliest, job.run_after.timestamp())
 
-    def payload(self) -> str:
-        payload = json.dumps({"queues": sorted(self.queues), "at": self.earliest})
-        if len(payload.encode()) > MAX_PAYLOAD:
-            payload = json.dumps({"at": self.earliest})
-        return payload
-
     def send(self) -> None:
         if self.sent:
             return
-        self.sent = True
+        queues, earliest = set(), math.inf
+        announcement = self
+        while announcement is not None:
+            announcement.sent = True
+            queues |= announcement.queues
+            earliest = min(earliest, announcement.earliest)
+            announcement = announcement.successor
+        payload = json.dumps({"queues": sorted(queues), "at": earliest})
+        if len(payload.encode()) > MAX_PAYLOAD:
+            payload = json.dumps({"at": earliest})
         try:
             with connections[self.using].cursor() as cursor:
-                cursor.execute("SELECT pg_notify(%s, %s)", [channel(), self.payload()])
+                cursor.execute("SELECT pg_notify(%s, %s)", [channel(), payload])
         except DatabaseError as exc:
             # The jobs are committed: workers find them at their next poll.
             logger.warning(
@@ -103,15 +111,23 @@ def announcement(using: str, jobs: Iterable[Job]) -> Callable[[], None]:
     """What to call once the current transaction on ``using`` has committed.
 
     Every ``schedule()`` call registers the returned callable with
-    ``on_commit``, so a savepoint rollback can't lose it; all the calls of one
-    transaction share one announcement, and only the first sends it.
+    ``on_commit``; all the calls of one transaction share one announcement,
+    and the first to run sends it. A rolled-back transaction's announcement is
+    never sent, and the next transaction starts a new one. After a savepoint
+    rollback the hooks of earlier calls may or may not survive, so a new
+    announcement starts and is linked to the earlier one: whichever runs first
+    sends both.
     """
     connection = connections[using]
     if not listens(using):
         return _nothing
+    hooks = getattr(connection, "run_on_commit", None)
     pending = _announcements.get(connection)
-    if pending is None or pending.sent:
-        pending = _announcements[connection] = _Announcement(using)
+    if pending is None or pending.sent or pending.hooks is not hooks:
+        fresh = _Announcement(using, hooks)
+        if pending is not None and not pending.sent:
+            pending.successor = fresh
+        pending = _announcements[connection] = fresh
     pending.add(jobs)
     return pending.send
 
