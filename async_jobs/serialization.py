@@ -40,3 +40,27 @@ def check_json(value: Any, where: str) -> None:
             f"{where}: tuple would come back from JSON as a list; pass a list"
         )
     raise TypeError(f"{where}: {type(value).__name__} is not JSON serializable")
+
+
+def check_storable(value: Any, where: str) -> None:
+    """Raise ``TypeError`` for text PostgreSQL's ``jsonb`` can't store.
+
+    A NUL character or a lone surrogate in a string (or a key) is valid JSON
+    to Python but refused by PostgreSQL, so it is refused on every database.
+    """
+    if isinstance(value, str):
+        if "\x00" in value:
+            raise TypeError(f"{where}: a string with a NUL character can't be stored")
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise TypeError(
+                f"{where}: a string with a lone surrogate can't be stored"
+            ) from None
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            check_storable(item, f"{where}[{index}]")
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            check_storable(key, f"{where}: key {key!r}")
+            check_storable(item, f"{where}[{key!r}]")

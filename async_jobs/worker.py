@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from django.db import Error, connections
 
 from async_jobs.claiming import claim, claim_transaction
-from async_jobs.execution import Outcome, run_claimed
+from async_jobs.execution import Outcome, run_claimed_jobs
 from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
 
 logger = logging.getLogger("async_jobs")
@@ -110,14 +110,11 @@ class Worker:
         limit = self.batch_size
         if self.max_jobs is not None:
             limit = min(limit, self.max_jobs - self.processed)
-        outcomes = []
         self.last_claim = time.monotonic()
         with claim_transaction(self.using):
             jobs = claim(self.using, self.queues, limit=limit)
-            for job in jobs:
-                if outcomes and not self._batch_may_continue():
-                    break  # the claimed jobs left are released, untouched
-                outcomes.append(run_claimed(job, self.using))
+            # Claimed jobs the batch stops before are released, untouched.
+            outcomes = run_claimed_jobs(jobs, self.using, self._batch_may_continue)
         for outcome in outcomes:
             self._count(outcome)
         return bool(jobs)

@@ -54,3 +54,15 @@ def record_then_sleep(label: str, started_file: str, seconds: float) -> str:
     Path(started_file).touch()
     time.sleep(seconds)
     return label
+
+
+UNSTORABLE = {
+    "nul": ["ok", {"k": "a\x00b"}],
+    "surrogate": {"\ud800": 1},
+}
+
+
+def write_then_return_unstorable(label: str, kind: str):
+    """Return JSON that PostgreSQL's jsonb refuses (so it can't be an argument)."""
+    Mark.objects.create(label=label)
+    return UNSTORABLE[kind]

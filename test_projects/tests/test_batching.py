@@ -86,6 +86,30 @@ def test_a_failing_job_in_a_batch_rolls_back_alone(flush_queue):
     assert "failed after writing lost" in failing.errors.get().exception
 
 
+@pytest.mark.parametrize("batch", ["1", "10"])
+@pytest.mark.parametrize(
+    ("kind", "message"),
+    [
+        ("nul", "result[1]['k']: a string with a NUL character can't be stored"),
+        ("surrogate", "result: key '\\ud800': a string with a lone surrogate"),
+    ],
+)
+def test_a_result_postgresql_cannot_store_fails_the_job(
+    flush_queue, batch, kind, message
+):
+    ok = schedule("shop.tasks.record", args=["kept"])
+    bad = schedule("shop.tasks.write_then_return_unstorable", args=["lost", kind])
+
+    assert "1 succeeded, 1 to retry" in flush_queue("--batch", batch)
+
+    assert list(Mark.objects.values_list("label", flat=True)) == ["kept"]
+    ok.refresh_from_db()
+    assert (ok.status, ok.result) == (Job.Status.SUCCEEDED, "kept")
+    bad.refresh_from_db()
+    assert (bad.status, bad.result) == (Job.Status.PENDING, None)
+    assert message in bad.errors.get().exception
+
+
 @override_settings(ASYNC_JOBS={"BATCH_SIZE": 2})
 def test_the_batch_size_setting_is_the_default(flush_queue, events):
     schedule_in_order(("record", "a"), ("record", "b"), ("record", "c"))

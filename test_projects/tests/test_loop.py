@@ -134,12 +134,18 @@ def test_without_notifications_the_worker_polls(start_worker):
     assert Mark.objects.get().label == "polled"
 
 
-def test_max_seconds_ends_the_loop(run_manage):
+def test_max_seconds_ends_the_loop(run_manage, on_postgres):
     code, out, err = run_manage(
         "flush_queue", "--loop", "--max-seconds", "1", "--sleep", NO_POLLING, timeout=30
     )
     assert code == 0, err
-    assert out.startswith("Ran 0 jobs in ")
+    started, summary = out.splitlines()
+    woken = "woken by NOTIFY, " if on_postgres else ""
+    assert started == (
+        "Waiting for jobs in database 'default' (queues: all; batch 1; "
+        f"{woken}polling every 60s)."
+    )
+    assert summary.startswith("Ran 0 jobs in ")
 
 
 def test_jobs_ends_the_loop(start_worker):

@@ -6,6 +6,7 @@ from django.db import DatabaseError
 
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.execution import Outcome
+from async_jobs.notifications import listens
 from async_jobs.readiness import DatabaseNotReady, check_database_ready
 from async_jobs.worker import Worker, WorkerAborted, stop_on_signals
 
@@ -117,7 +118,10 @@ class Command(BaseCommand):
         try:
             with stop_on_signals(worker):
                 if loop:
-                    worker.loop(sleep or config.poll_interval)
+                    sleep = sleep or config.poll_interval
+                    if options["verbosity"] >= 1:
+                        self.announce(worker, sleep)
+                    worker.loop(sleep)
                 else:
                     worker.run()
         except WorkerAborted as exc:
@@ -132,6 +136,16 @@ class Command(BaseCommand):
                 f"{worker.summary()}"
             ) from exc
         self.stdout.write(worker.summary())
+
+    def announce(self, worker: Worker, sleep: float) -> None:
+        """Say that the worker is up, and how it learns of new jobs."""
+        woken = "woken by NOTIFY, " if listens(worker.using) else ""
+        self.stdout.write(
+            f"Waiting for jobs in database {worker.using!r} "
+            f"(queues: {', '.join(worker.queues) or 'all'}; batch "
+            f"{worker.batch_size}; {woken}polling every {sleep:g}s)."
+        )
+        self.stdout.flush()
 
     def report(self, outcome: Outcome) -> None:
         job = outcome.job
