@@ -147,7 +147,7 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
     one bad call schedules nothing; its error names its index. The rows join
     the caller's transaction exactly as ``schedule()``'s do.
     """
-    jobs = []
+    jobs, resolved = [], set()
     for index, call in enumerate(calls):
         where = f"calls[{index}]"
         if not isinstance(call, Mapping):
@@ -164,7 +164,7 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
         if "function" not in call:
             raise TypeError(f"{where} has no 'function'.")
         try:
-            jobs.append(build_job(**call))
+            jobs.append(build_job(**call, resolved=resolved))
         except (TypeError, ValueError, ImportError) as exc:
             raise type(exc)(f"{where}: {exc}") from exc
     if jobs:
@@ -178,13 +178,21 @@ def build_job(
     kwargs: Mapping[str, Any] | None = None,
     run_after: datetime | timedelta | None = None,
     meta: Mapping[str, Any] | None = None,
+    *,
+    resolved: set[str] | None = None,
 ) -> Job:
-    """Check schedule()'s arguments and return the unsaved ``Job`` they make."""
+    """Check schedule()'s arguments and return the unsaved ``Job`` they make.
+
+    ``resolved``: dotted paths already checked by this caller, to skip.
+    """
     from async_jobs.models import Job
 
     config = jobs_settings()
     name = function_path(function)
-    resolve(name)
+    if resolved is None or name not in resolved:
+        resolve(name)
+        if resolved is not None:
+            resolved.add(name)
     args, kwargs = _check_arguments(args, kwargs)
     when = resolve_run_after(run_after)
     meta = validate_meta(meta, config)
