@@ -205,67 +205,69 @@ def wait_until_done(timeout: float = 600) -> None:
 
 
 def worker_rate(
-    kind: str, jobs: int, rounds: int, workers: int, options: list[str], tmp
+    kind: str, jobs: int, workers: int, options: list[str], tmp: Path
 ) -> float:
-    """Best jobs/s of real workers draining a backlog committed at once."""
+    """Jobs/s of real workers draining a backlog committed at once."""
     from django.db.models import Max, Min
 
     from async_jobs import Job, schedule_many
 
     clear()
     running = start_workers(workers, *options, log_dir=tmp)
-    best = 0.0
     try:
-        for round in range(rounds):
-            clear()
-            schedule_many(
-                {"function": name, "args": args}
-                for name, args in calls(kind, jobs, f"w{round}")
-            )
-            wait_until_done()
-            if Job.objects.exclude(status=Job.Status.SUCCEEDED).exists():
-                raise RuntimeError("some jobs did not succeed")
-            window = Job.objects.aggregate(start=Min("started"), end=Max("finished"))
-            seconds = (window["end"] - window["start"]).total_seconds()
-            best = max(best, jobs / seconds)
+        schedule_many(
+            {"function": name, "args": args} for name, args in calls(kind, jobs, "w")
+        )
+        wait_until_done()
     finally:
         stop_workers(running)
-        clear()
-    return best
+    if Job.objects.exclude(status=Job.Status.SUCCEEDED).exists():
+        raise RuntimeError("some jobs did not succeed")
+    window = Job.objects.aggregate(start=Min("started"), end=Max("finished"))
+    clear()
+    return jobs / (window["end"] - window["start"]).total_seconds()
 
 
-def bare_rate(kind: str, jobs: int, rounds: int, bare, per_transaction: int) -> float:
+def bare_rate(kind: str, jobs: int, bare, per_transaction: int) -> float:
     from async_jobs import schedule_many
 
-    def run() -> float:
-        schedule_many(
-            {"function": name, "args": args} for name, args in calls(kind, jobs, "b")
-        )
-        done, seconds = bare.drain(per_transaction, insert=kind == "insert")
-        if done != jobs:
-            raise RuntimeError(f"the bare loop ran {done} of {jobs} jobs")
-        return seconds
-
-    [seconds] = best_seconds(rounds, run)
+    clear()
+    schedule_many(
+        {"function": name, "args": args} for name, args in calls(kind, jobs, "b")
+    )
+    done, seconds = bare.drain(per_transaction, insert=kind == "insert")
+    clear()
+    if done != jobs:
+        raise RuntimeError(f"the bare loop ran {done} of {jobs} jobs")
     return jobs / seconds
 
 
 def drain(kind: str, jobs: int, rounds: int, bare, sleep: str, tmp) -> list[Figure]:
+    """Best drain rates, the runs of each round taken in turns."""
     loop = ["--sleep", sleep]
-    one = worker_rate(kind, jobs, rounds, 1, loop, tmp)
-    two = worker_rate(kind, jobs, rounds, 2, loop, tmp)
-    batched = worker_rate(kind, jobs, rounds, 1, [*loop, "--batch", BATCH], tmp)
-    bare_one = bare_rate(kind, jobs, rounds, bare, 1)
-    bare_hundred = bare_rate(kind, jobs, rounds, bare, 100)
+    runs = {
+        "one": lambda: worker_rate(kind, jobs, 1, loop, tmp),
+        "two": lambda: worker_rate(kind, jobs, 2, loop, tmp),
+        "batched": lambda: worker_rate(kind, jobs, 1, [*loop, "--batch", BATCH], tmp),
+        "bare one": lambda: bare_rate(kind, jobs, bare, 1),
+        "bare hundred": lambda: bare_rate(kind, jobs, bare, 100),
+    }
+    best = dict.fromkeys(runs, 0.0)
+    for _ in range(rounds):
+        for name, run in runs.items():
+            best[name] = max(best[name], run())
     return [
         compare(
             "drain, 1 worker, 1 job per transaction vs bare loop",
-            kind, one, bare_one, "jobs/s", minimum=0.5,
+            kind, best["one"], best["bare one"], "jobs/s", minimum=0.5,
         ),
-        compare("drain, 2 workers vs 1 worker", kind, two, one, "jobs/s", minimum=1.5),
+        compare(
+            "drain, 2 workers vs 1 worker",
+            kind, best["two"], best["one"], "jobs/s", minimum=1.5,
+        ),
         compare(
             f"drain, 1 worker, --batch {BATCH} vs bare loop, 100 per transaction",
-            kind, batched, bare_hundred, "jobs/s",
+            kind, best["batched"], best["bare hundred"], "jobs/s",
             minimum=0.4 if kind == "insert" else None,
         ),
     ]  # fmt: skip
