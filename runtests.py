@@ -44,7 +44,7 @@ DATABASE_URL = "ASYNC_JOBS_DATABASE_URL"
 
 def say(message: str) -> None:
     """Progress goes to stderr, so stdout stays the tests' own."""
-    print(f"runtests: {message}", file=sys.stderr, flush=True)
+    print(f"{Path(sys.argv[0]).stem}: {message}", file=sys.stderr, flush=True)
 
 
 def fail(message: str, output: str = "") -> NoReturn:
@@ -105,8 +105,8 @@ def run_quietly(cmd: list[str], what: str) -> None:
         )
 
 
-def bootstrap(argv: list[str]) -> None:
-    """Make/refresh the venv and re-exec this script inside it."""
+def bootstrap(script: Path, argv: list[str]) -> None:
+    """Make/refresh the venv and re-exec ``script`` inside it."""
     venv = Path(os.environ.get("ASYNC_JOBS_VENV") or REPO / ".venv")
     if not venv.is_absolute():
         venv = REPO / venv
@@ -167,7 +167,18 @@ def bootstrap(argv: list[str]) -> None:
         return  # already running inside it
     sys.stdout.flush()
     sys.stderr.flush()
-    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+    os.execv(str(python), [str(python), str(script.resolve()), *argv])
+
+
+def use_venv(script: Path, argv: list[str], no_venv: bool = False) -> None:
+    """Make sure ``script`` runs in the venv: returns there, or re-executes it.
+
+    Shared by this script and demo.py. Skipped with ``no_venv`` or
+    ASYNC_JOBS_NO_VENV=1 (run with the current Python as it is).
+    """
+    no_venv = no_venv or os.environ.get("ASYNC_JOBS_NO_VENV") == "1"
+    if not no_venv and os.environ.get(IN_VENV_MARKER) != "1":
+        bootstrap(script, argv)  # returns only if already inside the venv
 
 
 def load_throwaway_postgres() -> ModuleType:
@@ -247,11 +258,8 @@ def main() -> int:
     argv = sys.argv[1:]
     # Our own options are pulled out; everything else is pytest's.
     postgres = "--postgres" in argv
-    no_venv = "--no-venv" in argv or os.environ.get("ASYNC_JOBS_NO_VENV") == "1"
     rest = [arg for arg in argv if arg not in ("--postgres", "--no-venv")]
-
-    if not no_venv and os.environ.get(IN_VENV_MARKER) != "1":
-        bootstrap(argv)  # returns only if already inside the venv
+    use_venv(Path(__file__), argv, no_venv="--no-venv" in argv)
 
     with database(postgres) as which:
         print(f"Running tests on {which} ({versions()})", flush=True)

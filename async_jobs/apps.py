@@ -7,4 +7,7 @@ class AsyncJobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        from async_jobs import checks  # noqa: F401  (registers the checks)
+        # checks registers our checks. Importing Django's tasks framework, if
+        # it is there, registers those of the TASKS backends (JobsBackend's
+        # too), which otherwise only run once something imported it.
+        from async_jobs import checks, tasks_framework  # noqa: F401

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from datetime import timedelta
 from functools import cache
 
 from django.conf import settings
@@ -16,6 +17,14 @@ from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
 from django.db import DEFAULT_DB_ALIAS, router
 from django.dispatch import receiver
+
+#: How long ``prune_jobs`` keeps a finished job, by status; failures the longest,
+#: as they are what someone comes back to look at.
+PRUNE_AFTER_DEFAULTS = {
+    "succeeded": timedelta(days=7),
+    "cancelled": timedelta(days=7),
+    "failed": timedelta(days=30),
+}
 
 DEFAULTS = {
     "DATABASE": None,
@@ -27,6 +36,8 @@ DEFAULTS = {
     "ALLOWED_MODULES": None,
     "BATCH_SIZE": 1,
     "POLL_INTERVAL": 1.0,
+    # A dict given in the setting is merged over this one.
+    "PRUNE_AFTER": PRUNE_AFTER_DEFAULTS,
 }
 
 
@@ -41,6 +52,7 @@ class JobsSettings:
     allowed_modules: tuple[str, ...] | None
     batch_size: int
     poll_interval: float
+    prune_after: dict[str, timedelta | None]
 
 
 def _is_number(value: object) -> bool:
@@ -55,6 +67,42 @@ def _is_str_list(value: object) -> bool:
     return isinstance(value, list | tuple) and all(
         isinstance(item, str) and item for item in value
     )
+
+
+def _as_age(value: object) -> timedelta | None:
+    """A prune age as a ``timedelta``: from a ``timedelta`` or seconds."""
+    if value is None or isinstance(value, timedelta):
+        return value
+    return timedelta(seconds=value)
+
+
+def _prune_after_problems(value: object) -> list[str]:
+    if not isinstance(value, dict):
+        return [
+            "ASYNC_JOBS['PRUNE_AFTER'] must be a dict of ages by status, "
+            f"not {value!r}."
+        ]
+    found = []
+    unknown = sorted(set(value) - set(PRUNE_AFTER_DEFAULTS), key=str)
+    if unknown:
+        found.append(
+            f"ASYNC_JOBS['PRUNE_AFTER'] has unknown status(es) "
+            f"{', '.join(map(repr, unknown))}; allowed are "
+            f"{', '.join(map(repr, PRUNE_AFTER_DEFAULTS))} (pending jobs are "
+            "never pruned)."
+        )
+    for status, age in value.items():
+        if status not in PRUNE_AFTER_DEFAULTS or age is None:
+            continue
+        if not (
+            (isinstance(age, timedelta) and age >= timedelta(0))
+            or (_is_number(age) and 0 <= age <= timedelta.max.total_seconds())
+        ):
+            found.append(
+                f"ASYNC_JOBS['PRUNE_AFTER'][{status!r}] must be a timedelta, a "
+                f"number of seconds >= 0, or None to keep them, not {age!r}."
+            )
+    return found
 
 
 def problems(raw: object) -> list[str]:
@@ -108,6 +156,7 @@ def problems(raw: object) -> list[str]:
             "ASYNC_JOBS['ALLOWED_MODULES'] must be None or a list of module names, "
             f"not {value['ALLOWED_MODULES']!r}."
         )
+    found.extend(_prune_after_problems(value["PRUNE_AFTER"]))
     found.extend(_worker_problems(value))
     return found
 
@@ -154,6 +203,10 @@ def jobs_settings() -> JobsSettings:
         ),
         batch_size=value["BATCH_SIZE"],
         poll_interval=value["POLL_INTERVAL"],
+        prune_after={
+            status: _as_age(age)
+            for status, age in {**PRUNE_AFTER_DEFAULTS, **value["PRUNE_AFTER"]}.items()
+        },
     )
 
 

@@ -1,10 +1,11 @@
-"""Running one claimed job and recording what happened, atomically.
+"""Running claimed jobs and recording what happened, atomically.
 
-The worker's transaction holds the job's row lock. The function runs inside a
-savepoint of that transaction:
+The worker's transaction holds the row locks of its jobs (one, or a batch).
+Each job's function runs inside a savepoint of that transaction:
 
-* it returns: the row is marked ``succeeded`` with its ``result`` and the
-  transaction commits the job's writes and that marker together;
+* it returns: the row is marked ``succeeded`` with its ``result`` (a batch's
+  successes by one UPDATE, before the commit) and the transaction commits
+  the job's writes and that marker together;
 * it raises: the savepoint is rolled back (the job's writes vanish), then an
   ``Error`` row and the retry or ``failed`` status are written in the same
   transaction, still under the row lock, so no other worker can run the job
@@ -17,24 +18,29 @@ from __future__ import annotations
 
 import inspect
 import logging
+import os
+import socket
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from asgiref.sync import async_to_sync
-from django.db import connections, transaction
+from django.db import DatabaseError, connections, transaction
 from django.utils import timezone
 
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.functions import FunctionNotAllowed, resolve
+from async_jobs.groups import jobs_settled
 from async_jobs.models import Error, Job
+from async_jobs.recurrence import schedule_next
 from async_jobs.retrying import retry_delay
-from async_jobs.serialization import check_json, check_storable
+from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
+from async_jobs.tasks_framework import is_task
 from async_jobs.timeouts import JobTimeout, time_limit
 
 logger = logging.getLogger("async_jobs")
@@ -42,8 +48,17 @@ logger = logging.getLogger("async_jobs")
 #: Errors no retry can fix: the job fails at once.
 PERMANENT_ERRORS = (FunctionNotAllowed,)
 
-_RECORDED_FIELDS = ["status", "result", "attempts", "started", "finished", "run_after"]
-_SUCCESS_FIELDS = ["result", "attempts", "started", "finished"]
+_RECORDED_FIELDS = [
+    "status",
+    "result",
+    "attempts",
+    "attempt_log",
+    "started",
+    "finished",
+    "run_after",
+]
+#: What a success changes (its status aside): written for a batch at once.
+_SUCCESS_FIELDS = ["result", "attempts", "attempt_log", "started", "finished"]
 
 
 @dataclass(frozen=True)
@@ -77,10 +92,23 @@ def _running(job: Job) -> Iterator[None]:
         _current_job.reset(token)
 
 
+def worker_id() -> str:
+    """Names this process in a job's ``attempt_log``: ``host:pid``."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
 def call(job: Job) -> Any:
-    """Call the job's function; a coroutine function is run to completion."""
+    """Call the job's function; a coroutine function is run to completion.
+
+    A job that names a ``Task`` of Django's tasks framework runs through it
+    (see ``async_jobs.backends``), which gives the task its context.
+    """
     function = resolve(job.name)
-    if inspect.iscoroutinefunction(function):
+    if is_task(function):
+        from async_jobs.backends import task_runner
+
+        function = task_runner(job, function)
+    elif inspect.iscoroutinefunction(function):
         function = async_to_sync(function)
     with _running(job), time_limit(job.meta.get("timeout")):
         return function(*job.args, **job.kwargs)
@@ -99,8 +127,10 @@ def run_claimed_jobs(
 
     Each job runs in a savepoint of its own. A failure is recorded at once;
     the successes together, by one UPDATE, before the transaction commits: a
-    job's writes still commit exactly when its success does. ``keep_going()``
-    is asked before each job after the first.
+    job's writes still commit exactly when its success does. Then the jobs
+    that won't run again are settled, and each outcome is logged and
+    signalled once it has committed. ``keep_going()`` is asked before each job
+    after the first.
     """
     outcomes: list[Outcome] = []
     for job in jobs:
@@ -111,30 +141,44 @@ def run_claimed_jobs(
         [outcome.job for outcome in outcomes if outcome.status == Outcome.SUCCEEDED],
         using,
     )
+    _settled(
+        [
+            outcome.job
+            for outcome in outcomes
+            if outcome.job.status != Job.Status.PENDING
+        ],
+        using,
+    )
+    for outcome in outcomes:
+        # Robust: a faulty receiver is logged, and can't stop the worker's loop.
+        transaction.on_commit(
+            lambda outcome=outcome: _finished(outcome), using=using, robust=True
+        )
     return outcomes
 
 
 def _attempt(job: Job, using: str) -> Outcome:
     job.attempts += 1
     job.started = timezone.now()
+    job.attempt_log = [
+        *job.attempt_log,
+        {"worker": worker_id(), "started": job.started.isoformat()},
+    ]
     began = time.monotonic()
     try:
         with transaction.atomic(using=using):
             job_started.send(sender=Job, job=job)
             result = call(job)
             check_json(result, "result")
-            check_storable(result, "result")
-    except (Exception, JobTimeout) as exc:
+    except (Exception, JobTimeout, SystemExit) as exc:
+        if connections[using].needs_rollback:
+            _raise_transaction_lost(job, using, exc)
         outcome = _record_failure(job, using, exc, time.monotonic() - began)
     else:
         job.status = Job.Status.SUCCEEDED
         job.result = result
         job.finished = timezone.now()
         outcome = Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
-        logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, outcome.duration)
-    transaction.on_commit(
-        lambda: job_finished.send(sender=Job, job=job, outcome=outcome), using=using
-    )
     return outcome
 
 
@@ -193,6 +237,60 @@ def _record_successes(jobs: list[Job], using: str) -> None:
         )
 
 
+def _settled(jobs: list[Job], using: str) -> None:
+    """The jobs won't run again: their series go on, their groups may be finished.
+
+    In the transaction that records the outcomes, after they are written, so
+    all commit together or not at all. The groups are locked in one call, in
+    a fixed order, so two workers' batches can't deadlock on them.
+    """
+    for job in jobs:
+        schedule_next(job, using)
+    if jobs:
+        jobs_settled([job.group_id for job in jobs], using)
+
+
+def _finished(outcome: Outcome) -> None:
+    """Log and announce an outcome, once it has committed (so it is true)."""
+    job = outcome.job
+    if outcome.exception is None:
+        logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, outcome.duration)
+    else:
+        then = (
+            "failed for good"
+            if outcome.status == Outcome.FAILED
+            else f"retry at {job.run_after.isoformat()}"
+        )
+        logger.error(
+            "Job %s %s raised on attempt %s of %s in %.3fs, %s",
+            job.pk,
+            job.name,
+            job.attempts,
+            job.max_attempts,
+            outcome.duration,
+            then,
+            exc_info=outcome.exception,
+        )
+    job_finished.send(sender=Job, job=job, outcome=outcome)
+
+
+def _raise_transaction_lost(job: Job, using: str, exc: BaseException) -> NoReturn:
+    """The job's savepoint could not be rolled back: its transaction is lost.
+
+    That happens when the connection is gone (dropped, terminated, the server
+    restarted). Nothing more can be written in the transaction and the
+    database rolls it back whole, so the job stays pending, untouched. Raise
+    what caused it, as a ``DatabaseError`` for the worker to stop on, rather
+    than the error of a vain attempt to record the failure.
+    """
+    if isinstance(exc, DatabaseError):
+        raise exc
+    raise DatabaseError(
+        f"Job {job.pk} raised {type(exc).__name__}: {exc}, and its transaction "
+        f"on database {using!r} could not be rolled back to before the job"
+    ) from exc
+
+
 def _record_failure(
     job: Job, using: str, exc: BaseException, duration: float
 ) -> Outcome:
@@ -210,21 +308,10 @@ def _record_failure(
         job.status = Job.Status.FAILED
         job.finished = now
         status = Outcome.FAILED
-        then = "failed for good"
     else:
         job.run_after = now + retry_delay(job.attempts, jobs_settings())
         status = Outcome.RETRY
-        then = f"retry at {job.run_after.isoformat()}"
     _record(job, using)
-    logger.error(
-        "Job %s %s raised on attempt %s of %s, %s",
-        job.pk,
-        job.name,
-        job.attempts,
-        job.max_attempts,
-        then,
-        exc_info=exc,
-    )
     return Outcome(job, status, duration, exc)
 
 

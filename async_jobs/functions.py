@@ -77,19 +77,48 @@ def allowed_modules() -> tuple[str, ...]:
     return default_allowed_modules() if configured is None else configured
 
 
+def _inside(module: str, allowed: tuple[str, ...]) -> bool:
+    return any(module == name or module.startswith(name + ".") for name in allowed)
+
+
+def _allowed_list(allowed: tuple[str, ...]) -> str:
+    return (
+        f"Allowed modules: {', '.join(allowed) or '(none)'}; widen them with "
+        "ASYNC_JOBS['ALLOWED_MODULES']."
+    )
+
+
 def check_allowed(path: str) -> None:
     """Refuse ``path`` unless it lies inside an allowed module."""
     allowed = allowed_modules()
-    if not any(path.startswith(module + ".") for module in allowed):
+    if not _inside(path.rpartition(".")[0], allowed):
         raise FunctionNotAllowed(
-            f"{path!r} is not in a module jobs may run. Allowed modules: "
-            f"{', '.join(allowed) or '(none)'}; widen them with "
-            "ASYNC_JOBS['ALLOWED_MODULES']."
+            f"{path!r} is not in a module jobs may run. {_allowed_list(allowed)}"
+        )
+
+
+def check_defined_in_allowed_module(path: str, function: Callable[..., Any]) -> None:
+    """Refuse a callable that an allowed module merely imported.
+
+    ``from os import system`` in ``app/tasks.py`` makes ``app.tasks.system``
+    a path inside an allowed module; what it names is still ``os.system``.
+    """
+    allowed = allowed_modules()
+    module = getattr(function, "__module__", None)
+    if not isinstance(module, str) or not _inside(module, allowed):
+        raise FunctionNotAllowed(
+            f"{path!r} is {function!r}, defined in module {module!r}, not in a "
+            f"module jobs may run; importing it elsewhere doesn't change that. "
+            f"{_allowed_list(allowed)}"
         )
 
 
 def resolve(path: str) -> Callable[..., Any]:
-    """Import the function a job names, after checking it is allowed."""
+    """Import the function a job names, after checking it is allowed.
+
+    A ``Task`` of Django's tasks framework (what ``@task`` leaves at the path)
+    is returned as it is: it runs through ``async_jobs.backends``.
+    """
     if not isinstance(path, str) or "." not in path:
         raise ValueError(
             f"{path!r} is not a dotted path like 'app.tasks.send_receipt'."
@@ -106,6 +135,12 @@ def resolve(path: str) -> Callable[..., Any]:
         raise ImportError(
             f"Module {module_path!r} has no attribute {attribute!r} ({path!r})."
         ) from None
+    from async_jobs.tasks_framework import is_task
+
+    if is_task(function):
+        check_defined_in_allowed_module(path, function.func)
+        return function
     if not callable(function) or inspect.isclass(function):
         raise ValueError(f"{path!r} is not a function.")
+    check_defined_in_allowed_module(path, function)
     return function

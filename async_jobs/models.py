@@ -1,10 +1,13 @@
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.db import models, transaction
 from django.db.models import Q
 from django.utils import timezone
+
+if TYPE_CHECKING:
+    from async_jobs.groups import GroupProgress
 
 
 class Job(models.Model):
@@ -32,16 +35,53 @@ class Job(models.Model):
     )
     finished = models.DateTimeField(null=True, blank=True)
     attempts = models.PositiveIntegerField(default=0)
+    attempt_log = models.JSONField(
+        default=list,
+        blank=True,
+        help_text=(
+            "One entry per attempt, in order: the worker that ran it "
+            "(host:pid) and when it started."
+        ),
+    )
     max_attempts = models.PositiveIntegerField(default=1)
     result = models.JSONField(null=True, blank=True)
+    group = models.ForeignKey(
+        "Group",
+        on_delete=models.PROTECT,
+        null=True,
+        blank=True,
+        related_name="jobs",
+        help_text="The group this job belongs to (meta['group']).",
+    )
+    # NULL, not "", for jobs that aren't unique: the unique index ignores NULLs.
+    unique_key = models.CharField(  # noqa: DJ001
+        max_length=64,
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="Identity of a unique job (meta['unique']); one pending at a time.",
+    )
 
     class Meta:
+        constraints = [
+            # Race-free unique jobs: a second pending twin can't be inserted.
+            models.UniqueConstraint(
+                fields=["unique_key"],
+                condition=Q(status="pending"),
+                name="async_jobs_job_unique_pending",
+            ),
+        ]
         indexes = [
             # Serves the claim query: due pending jobs of some queues, best first.
             models.Index(
                 fields=["queue", "-priority", "run_after", "id"],
                 condition=Q(status="pending"),
                 name="async_jobs_job_claim_idx",
+            ),
+            # Serves pruning (finished jobs of a status, oldest first), the
+            # failures of the last hour and the admin's status filter.
+            models.Index(
+                fields=["status", "finished"], name="async_jobs_job_finished_idx"
             ),
         ]
 
@@ -60,6 +100,8 @@ class Job(models.Model):
         return execute_now(self)
 
     __call__ = execute
+    # A template that shows a job (the admin's does) must never run it.
+    do_not_call_in_templates = True
 
     def cancel(self) -> None:
         """Cancel this job; only a pending job can be cancelled.
@@ -82,8 +124,63 @@ class Job(models.Model):
                     f"Job {self.pk} is {self.status}; only a pending job can be "
                     "cancelled."
                 )
+            from async_jobs.groups import jobs_settled
+
+            jobs_settled([self.group_id], using)
         self.status = Job.Status.CANCELLED
         self.finished = now
+
+    def requeue(self) -> None:
+        """Put a failed or cancelled job back in the queue, due now.
+
+        Its attempts start again from zero (it gets ``max_attempts`` fresh
+        tries); its ``Error`` rows stay, as the history of the earlier runs.
+        Groups, series and unique jobs stay consistent: see ``requeuing.py``.
+        """
+        from async_jobs.requeuing import requeue
+
+        requeue(self)
+
+
+class Group(models.Model):
+    """Jobs scheduled with the same ``meta['group']`` reference, while it is open.
+
+    A group is open until its last job has finished (succeeded, failed or
+    cancelled); then ``finished`` is set, its completion job (if any) becomes
+    due, and the next job scheduled with that reference starts a new group.
+    """
+
+    reference = models.CharField(max_length=255)
+    created = models.DateTimeField(default=timezone.now, editable=False)
+    finished = models.DateTimeField(
+        null=True, blank=True, help_text="When the last job of the group finished."
+    )
+    completion = models.OneToOneField(
+        Job,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="completed_group",
+        help_text="Runs once every job of the group has finished (meta['completes']).",
+    )
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["reference"],
+                condition=Q(finished__isnull=True),
+                name="async_jobs_group_one_open_per_reference",
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"Group {self.reference} #{self.pk}"
+
+    def progress(self) -> GroupProgress:
+        """How many of the group's jobs are in each status (completion job aside)."""
+        from async_jobs.groups import progress
+
+        return progress(self)
 
 
 class Error(models.Model):
@@ -97,6 +194,10 @@ class Error(models.Model):
 
     class Meta:
         ordering = ["job", "attempt"]
+        indexes = [
+            # Serves the count of failed attempts in the last hour.
+            models.Index(fields=["occurred"], name="async_jobs_error_occurred_idx"),
+        ]
 
     def __str__(self) -> str:
         return f"Job {self.job_id}, attempt {self.attempt}: {self.exception}"

@@ -1,14 +1,16 @@
 """Waking idle workers the moment jobs commit: PostgreSQL's LISTEN/NOTIFY.
 
-Scheduling side: a transaction that scheduled jobs sends one ``NOTIFY`` once
-it has committed, however many jobs it scheduled, carrying their queues and the
-earliest ``run_after`` among them. It is sent from ``transaction.on_commit``,
-not inside the transaction: a transaction that notifies takes a database-wide
-lock from its commit until it is durable (PostgreSQL orders notifications that
-way), so notifying inside it would serialise the commits of every request that
-schedules a job. On its own, after the commit, a ``NOTIFY`` costs one round
-trip and no disk flush. If the process dies between the commit and the
-``NOTIFY``, workers find the job at their next poll.
+Scheduling side: a transaction that made jobs due (scheduled them, or a
+series' next occurrence, a group's completion job released, a job run again)
+sends one ``NOTIFY`` once it has committed, however many jobs it made due,
+carrying their queues and the earliest ``run_after`` among them. It is sent
+from ``transaction.on_commit``, not inside the transaction: a transaction
+that notifies takes a database-wide lock from its commit until it is durable
+(PostgreSQL orders notifications that way), so notifying inside it would
+serialise the commits of every request that schedules a job. On its own,
+after the commit, a ``NOTIFY`` costs one round trip and no disk flush. If the
+process dies between the commit and the ``NOTIFY``, workers find the job at
+their next poll.
 
 Worker side: ``Listener`` holds a connection of its own that ``LISTEN``\\s, so
 the worker's connection stays free for its transactions and can be dropped and
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
 
-from django.db import DatabaseError, OperationalError, connections
+from django.db import DatabaseError, OperationalError, connections, transaction
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
@@ -55,7 +57,7 @@ def listens(using: str) -> bool:
 
 
 class _Announcement:
-    """The NOTIFY one transaction owes, gathered over its ``schedule()`` calls."""
+    """The NOTIFY one transaction owes, gathered over the jobs it made due."""
 
     def __init__(self, using: str, hooks: object) -> None:
         self.using = using
@@ -103,14 +105,10 @@ class _Announcement:
 _announcements: WeakKeyDictionary = WeakKeyDictionary()
 
 
-def _nothing() -> None:
-    pass
-
-
 def announcement(using: str, jobs: Iterable[Job]) -> Callable[[], None]:
     """What to call once the current transaction on ``using`` has committed.
 
-    Every ``schedule()`` call registers the returned callable with
+    Every ``notify_on_commit()`` call registers the returned callable with
     ``on_commit``; all the calls of one transaction share one announcement,
     and the first to run sends it. A rolled-back transaction's announcement is
     never sent, and the next transaction starts a new one. After a savepoint
@@ -119,8 +117,6 @@ def announcement(using: str, jobs: Iterable[Job]) -> Callable[[], None]:
     sends both.
     """
     connection = connections[using]
-    if not listens(using):
-        return _nothing
     hooks = getattr(connection, "run_on_commit", None)
     pending = _announcements.get(connection)
     if pending is None or pending.sent or pending.hooks is not hooks:
@@ -130,6 +126,18 @@ def announcement(using: str, jobs: Iterable[Job]) -> Callable[[], None]:
         pending = _announcements[connection] = fresh
     pending.add(jobs)
     return pending.send
+
+
+def notify_on_commit(using: str, jobs: Iterable[Job]) -> None:
+    """Wake the workers once the current transaction on ``using`` commits.
+
+    For every path that makes jobs due: new rows (``schedule()``,
+    ``schedule_many()``, a series' next occurrence), a group's completion job
+    released, a job run again. Only ``queue`` and ``run_after`` of ``jobs``
+    are read.
+    """
+    if listens(using):
+        transaction.on_commit(announcement(using, jobs), using=using, robust=True)
 
 
 @dataclass(frozen=True)

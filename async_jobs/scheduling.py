@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -13,12 +13,21 @@ from django.utils import timezone
 
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
 from async_jobs.functions import function_path, resolve
-from async_jobs.notifications import announcement
+from async_jobs.notifications import notify_on_commit
+from async_jobs.recurrence import (
+    REPEAT_RULE,
+    check_repeat,
+    check_repeat_until,
+    first_run_after,
+)
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_scheduled
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
+
+#: One job or a list of them, as saved by ``save_job()`` or ``save_jobs()``.
+Saved = TypeVar("Saved", "Job", "list[Job]")
 
 #: The keys of a call given to ``schedule_many()``: ``schedule()``'s arguments.
 SCHEDULE_ARGUMENTS = ("function", "args", "kwargs", "run_after", "meta")
@@ -28,6 +37,29 @@ META_KEYS = {
     "queue": "a queue name (default 'default')",
     "max_attempts": "an int >= 1",
     "timeout": "seconds, a number > 0",
+    "repeat": REPEAT_RULE,
+    "repeat_until": "an aware datetime; the series stops before it",
+    "group": "the reference of the group the job joins, a non-empty str",
+    "completes": (
+        "the reference of the group this job completes: it runs once every job "
+        "of that group has finished"
+    ),
+    "unique": (
+        "True (one pending job per function and arguments) or a key str (one "
+        "pending job per function and key)"
+    ),
+    "task_backend": (
+        "the TASKS alias of the async_jobs.backends.JobsBackend that enqueued it "
+        "(set by that backend)"
+    ),
+}
+
+#: Controls that can't be combined, and why.
+_CONFLICTS = {
+    ("group", "repeat"): "a repeating job would keep its group from ever finishing",
+    ("completes", "repeat"): "a completion job runs once, when its group finishes",
+    ("group", "unique"): "a unique job may stand for a twin outside the group",
+    ("completes", "unique"): "a group has exactly one completion job already",
 }
 
 
@@ -78,7 +110,42 @@ def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
             and timeout > 0
         ):
             raise _meta_error("timeout", timeout)
-    return dict(meta)
+    if "task_backend" in meta and not (
+        isinstance(meta["task_backend"], str) and meta["task_backend"]
+    ):
+        raise _meta_error("task_backend", meta["task_backend"])
+    return _validate_scheduling_features(dict(meta))
+
+
+def _is_reference(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= 255
+
+
+def _validate_scheduling_features(meta: dict) -> dict:
+    """Recurrence, groups and uniqueness; values are normalised for JSON."""
+    if "repeat" in meta:
+        meta["repeat"] = check_repeat(meta["repeat"])
+    if "repeat_until" in meta:
+        if "repeat" not in meta:
+            raise ValueError("meta['repeat_until'] needs meta['repeat'].")
+        meta["repeat_until"] = check_repeat_until(meta["repeat_until"])
+    for key in ("group", "completes", "unique"):
+        value = meta.get(key)
+        if key in meta and not (
+            _is_reference(value) or (key == "unique" and isinstance(value, bool))
+        ):
+            raise _meta_error(key, value)
+    if "group" in meta and meta.get("group") == meta.get("completes"):
+        raise ValueError(
+            f"meta['group'] and meta['completes'] are both {meta['group']!r}; a job "
+            "can't complete the group it belongs to."
+        )
+    for (first, second), reason in _CONFLICTS.items():
+        if meta.get(first) and meta.get(second):
+            raise ValueError(
+                f"meta[{first!r}] and meta[{second!r}] can't be combined: {reason}."
+            )
+    return meta
 
 
 def resolve_run_after(run_after: datetime | timedelta | None) -> datetime:
@@ -133,10 +200,17 @@ def schedule(
 
     The row is inserted on the jobs' database connection, so inside
     ``transaction.atomic()`` it commits or rolls back with the caller's writes.
+    With ``meta["unique"]``, a pending twin is returned instead of a new job.
     """
     job = build_job(function, args, kwargs, run_after, meta)
-    _insert([job], jobs_database())
-    return job
+    return _insert(job, jobs_database(), save_job)
+
+
+#: What ``schedule_many()`` can't do in one INSERT, and why.
+_ONE_AT_A_TIME = {
+    "unique": "a unique job may turn out to be its pending twin instead",
+    "completes": "a group's completion job is tied to its group on its own",
+}
 
 
 def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
@@ -145,7 +219,8 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
     ``{"function": ..., "args": ..., "kwargs": ..., "run_after": ..., "meta": ...}``,
     ``function`` required. Every call is checked before any row is written, so
     one bad call schedules nothing; its error names its index. The rows join
-    the caller's transaction exactly as ``schedule()``'s do.
+    the caller's transaction exactly as ``schedule()``'s do. ``meta["unique"]``
+    and ``meta["completes"]`` need ``schedule()``.
     """
     jobs, resolved = [], set()
     for index, call in enumerate(calls):
@@ -164,11 +239,18 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
         if "function" not in call:
             raise TypeError(f"{where} has no 'function'.")
         try:
-            jobs.append(build_job(**call, resolved=resolved))
+            job = build_job(**call, resolved=resolved)
         except (TypeError, ValueError, ImportError) as exc:
             raise type(exc)(f"{where}: {exc}") from exc
+        for key, reason in _ONE_AT_A_TIME.items():
+            if key in job.meta:
+                raise ValueError(
+                    f"{where}: meta[{key!r}] needs schedule(), not schedule_many(): "
+                    f"{reason}."
+                )
+        jobs.append(job)
     if jobs:
-        _insert(jobs, jobs_database())
+        _insert(jobs, jobs_database(), save_jobs)
     return jobs
 
 
@@ -196,37 +278,84 @@ def build_job(
     args, kwargs = _check_arguments(args, kwargs)
     when = resolve_run_after(run_after)
     meta = validate_meta(meta, config)
-    job = Job(
+    return Job(
         name=name,
         args=args,
         kwargs=kwargs,
         meta=meta,
         queue=meta.get("queue", "default"),
         priority=meta.get("priority", 0),
-        run_after=when,
+        run_after=_first_run_after(meta, run_after, when),
         max_attempts=meta.get("max_attempts", config.max_attempts),
     )
-    return job
 
 
-def _insert(jobs: list[Job], using: str) -> None:
-    """Insert in the caller's transaction, or after it when that is elsewhere."""
+def _first_run_after(
+    meta: dict, run_after: datetime | timedelta | None, when: datetime
+) -> datetime:
+    if "completes" in meta:
+        from async_jobs.groups import held_run_after
+
+        return held_run_after(run_after)
+    if run_after is None:
+        return first_run_after(meta, when)
+    return when
+
+
+def save_job(job: Job, using: str) -> Job:
+    """Write a new job, or find its pending unique twin; announce a new one.
+
+    Every path that inserts a job goes through here (or ``save_jobs()``), so
+    workers are woken and ``job_scheduled`` is sent for each.
+    """
+    from async_jobs.groups import save_in_group
+    from async_jobs.uniqueness import save_or_find_twin
+
+    if "group" in job.meta or "completes" in job.meta:
+        save_in_group(job, using)
+        saved = job
+    else:
+        saved = save_or_find_twin(job, using)
+    if saved is job:
+        _announce([job], using)
+    return saved
+
+
+def save_jobs(jobs: list[Job], using: str) -> list[Job]:
+    """Write new jobs with one INSERT; announce them.
+
+    Jobs that join a group take its lock first, as ``save()`` of one does.
+    """
+    from async_jobs.groups import join_open_groups
     from async_jobs.models import Job
 
-    def insert() -> None:
-        if len(jobs) == 1:
-            jobs[0].save(using=using, force_insert=True)
-        else:
+    if any("group" in job.meta for job in jobs):
+        with transaction.atomic(using=using):
+            join_open_groups(jobs, using)
             Job.objects.using(using).bulk_create(jobs)
-        wake_workers = announcement(using, jobs)
+    else:
+        Job.objects.using(using).bulk_create(jobs)
+    _announce(jobs, using)
+    return jobs
 
-        def scheduled() -> None:
-            wake_workers()
-            for job in jobs:
-                job_scheduled.send(sender=Job, job=job)
 
-        transaction.on_commit(scheduled, using=using)
+def _announce(jobs: list[Job], using: str) -> None:
+    """Once the transaction commits: wake workers, then send ``job_scheduled``."""
+    from async_jobs.models import Job
 
+    notify_on_commit(using, jobs)
+    for job in jobs:
+        transaction.on_commit(
+            # A lambda, not a partial: Django logs a robust hook's __qualname__.
+            lambda job=job: job_scheduled.send(sender=Job, job=job),
+            using=using,
+            robust=True,  # the job is committed: a receiver's error can't undo it
+        )
+
+
+def _insert(jobs: Saved, using: str, save: Callable[[Saved, str], Saved]) -> Saved:
+    """``save(jobs, using)`` in the caller's transaction, or after it when that
+    is on another database."""
     caller = connections[DEFAULT_DB_ALIAS]
     if (
         using != DEFAULT_DB_ALIAS
@@ -235,6 +364,6 @@ def _insert(jobs: list[Job], using: str) -> None:
     ):
         # The caller's transaction is on another database: a row written now
         # would survive its rollback, so write it only once that commits.
-        transaction.on_commit(insert, using=DEFAULT_DB_ALIAS)
-    else:
-        insert()
+        transaction.on_commit(lambda: save(jobs, using), using=DEFAULT_DB_ALIAS)
+        return jobs
+    return save(jobs, using)

@@ -2,8 +2,12 @@
 
 JSON silently changes some values (a tuple comes back a list, a dict's int
 keys come back strings) and can't hold others (datetimes, sets, bytes, NaN).
-A job whose arguments changed on the way would run with other data than its
-caller passed, so such values are refused up front, naming where they sit.
+PostgreSQL's ``jsonb`` adds its own: it refuses strings holding a NUL or a
+lone surrogate, and turns a float written with an exponent (``1e+23``) into
+an exact decimal that comes back as another number, an int. A job whose
+arguments changed on the way would run with other data than its caller
+passed, so such values are refused up front, naming where they sit, on every
+database alike: a project may move from SQLite to PostgreSQL.
 """
 
 from __future__ import annotations
@@ -11,56 +15,65 @@ from __future__ import annotations
 import math
 from typing import Any
 
+#: Floats from here up are written with an exponent, which ``jsonb`` turns
+#: into an int: 1e23 comes back as 100000000000000000000000, not 1e23.
+FLOAT_LIMIT = 1e16
+
 
 def check_json(value: Any, where: str) -> None:
     """Raise ``TypeError`` unless ``value`` comes back equal from JSON."""
-    if value is None or isinstance(value, bool | str):
+    _check(value, where, set())
+
+
+def _check(value: Any, where: str, enclosing: set[int]) -> None:
+    if value is None or isinstance(value, bool | int):
         return
-    if isinstance(value, int):
+    if isinstance(value, str):
+        _check_str(value, where)
         return
     if isinstance(value, float):
         if not math.isfinite(value):
             raise TypeError(f"{where}: {value!r} is not allowed in JSON")
+        if abs(value) >= FLOAT_LIMIT:
+            raise TypeError(
+                f"{where}: float {value!r} would not come back from JSON unchanged "
+                "(PostgreSQL returns it as an int); pass an int, or a str"
+            )
         return
+    if isinstance(value, tuple):
+        raise TypeError(
+            f"{where}: tuple would come back from JSON as a list; pass a list"
+        )
+    if not isinstance(value, list | dict):
+        raise TypeError(f"{where}: {type(value).__name__} is not JSON serializable")
+    if id(value) in enclosing:
+        raise TypeError(f"{where}: contains itself; JSON can't hold a cycle")
+    enclosing.add(id(value))
     if isinstance(value, list):
         for index, item in enumerate(value):
-            check_json(item, f"{where}[{index}]")
-        return
-    if isinstance(value, dict):
+            _check(item, f"{where}[{index}]", enclosing)
+    else:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(
                     f"{where}: key {key!r} is {type(key).__name__}; JSON object "
                     "keys must be str"
                 )
-            check_json(item, f"{where}[{key!r}]")
-        return
-    if isinstance(value, tuple):
+            _check_str(key, f"{where}: key {key!r}")
+            _check(item, f"{where}[{key!r}]", enclosing)
+    enclosing.discard(id(value))
+
+
+def _check_str(text: str, where: str) -> None:
+    if "\x00" in text:
         raise TypeError(
-            f"{where}: tuple would come back from JSON as a list; pass a list"
+            f"{where}: str holds a NUL character (\\x00), which PostgreSQL's "
+            "JSON can't store"
         )
-    raise TypeError(f"{where}: {type(value).__name__} is not JSON serializable")
-
-
-def check_storable(value: Any, where: str) -> None:
-    """Raise ``TypeError`` for text PostgreSQL's ``jsonb`` can't store.
-
-    A NUL character or a lone surrogate in a string (or a key) is valid JSON
-    to Python but refused by PostgreSQL, so it is refused on every database.
-    """
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise TypeError(f"{where}: a string with a NUL character can't be stored")
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise TypeError(
-                f"{where}: a string with a lone surrogate can't be stored"
-            ) from None
-    elif isinstance(value, list):
-        for index, item in enumerate(value):
-            check_storable(item, f"{where}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            check_storable(key, f"{where}: key {key!r}")
-            check_storable(item, f"{where}[{key!r}]")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TypeError(
+            f"{where}: str holds {text[exc.start]!r}, a lone surrogate, which is "
+            "not valid Unicode text"
+        ) from None

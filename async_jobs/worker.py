@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import select
 import signal
 import socket
+import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -39,23 +41,30 @@ RECONNECT_FIRST_PAUSE = 0.1
 RECONNECT_MAX_PAUSE = 10.0
 
 
-class WorkerAborted(BaseException):
-    """A second stop signal: abandon the running job, roll it back."""
+class WorkerAborted(KeyboardInterrupt):
+    """A second stop signal: abandon the running job, roll it back.
 
-
-def first_database_error(exc: BaseException) -> str:
-    """The message of the database error that started it all, on one line.
-
-    A dropped connection first fails a query, then every attempt to record
-    that failure ("the connection is closed"); the first says why.
+    A ``KeyboardInterrupt`` so that, like Ctrl-C, psycopg cancels a query it
+    interrupts: otherwise the server would go on running it, holding the job's
+    row lock, long after the worker gave up.
     """
-    first, seen = exc, set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, Error):
-            first = exc
-        exc = exc.__context__
-    return " ".join(str(first).split())
+
+
+def what_failed(exc: BaseException) -> str:
+    """What led to ``exc``, first cause first.
+
+    A lost connection often raises twice: the job's query meets the server's
+    "terminating connection", then Django's attempt to reconnect is refused.
+    Both are worth a line in the operator's mail.
+    """
+    messages: list[str] = []
+    link: BaseException | None = exc
+    while link is not None and len(messages) < 5:
+        message = " ".join(str(link).split()) or type(link).__name__
+        if message not in messages:
+            messages.insert(0, message)
+        link = link.__cause__ or link.__context__
+    return ", then: ".join(messages)
 
 
 @dataclass
@@ -112,6 +121,10 @@ class Worker:
             limit = min(limit, self.max_jobs - self.processed)
         self.last_claim = time.monotonic()
         with claim_transaction(self.using):
+            if self.stop_requested:
+                # Asked while waiting for SQLite's write lock, which keeps a
+                # signal handler from running until it is granted.
+                return False
             jobs = claim(self.using, self.queues, limit=limit)
             # Claimed jobs the batch stops before are released, untouched.
             outcomes = run_claimed_jobs(jobs, self.using, self._batch_may_continue)
@@ -172,7 +185,7 @@ class Worker:
                             "Database %r failed (%s); the jobs in flight were rolled "
                             "back and stay pending. Reconnecting in %.1fs.",
                             self.using,
-                            first_database_error(exc),
+                            what_failed(exc),
                             pause,
                         )
                         self._disconnect(listener)
@@ -256,14 +269,28 @@ class Worker:
         return f"Ran {self.processed} {jobs} in {elapsed:.2f}s: {parts}{stopped}."
 
 
+def _say(line: str) -> None:
+    """Write to stderr from a signal handler.
+
+    Unbuffered: the signal may have interrupted a write to ``sys.stderr``,
+    which a buffered write would re-enter.
+    """
+    with suppress(AttributeError, OSError, ValueError):  # no usable stderr
+        os.write(sys.__stderr__.fileno(), f"{line}\n".encode())
+
+
 @contextmanager
 def stop_on_signals(worker: Worker) -> Iterator[None]:
     """First SIGTERM/SIGINT: finish the running job, then stop. Second: abort it."""
 
     def handle(signum: int, frame: object) -> None:
+        name = signal.Signals(signum).name
         if worker.stop_requested:
-            raise WorkerAborted(f"aborted by a second {signal.Signals(signum).name}")
+            raise WorkerAborted(f"aborted by a second {name}")
         worker.request_stop()
+        _say(
+            f"{name} received: stopping after the running job; {name} again aborts it."
+        )
 
     previous = {
         sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)

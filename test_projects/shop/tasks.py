@@ -1,9 +1,26 @@
 """Real job functions the tests schedule; they write to the shop's tables."""
 
+import asyncio
 import time
+
+# Imported, not defined, here: a job naming "shop.tasks.system" must be refused
+# although the path lies inside an allowed module.
+from os import system  # noqa: F401
 from pathlib import Path
 
+from asgiref.sync import sync_to_async
+from django.core.cache import cache
+from django.core.mail import send_mail
+from django.db import connection
+from django.db.models import Count, Sum
+from django.db.models.functions import Coalesce
+
+from async_jobs import Job, job
+from async_jobs.execution import current_job
 from shop.models import Mark, Order, Receipt
+
+#: Longest a job waits for a test to release it; a test that forgets fails.
+RELEASE_WAIT = 60
 
 
 def send_receipt(order_id: int) -> int:
@@ -43,6 +60,67 @@ def write_then_sleep(label: str, seconds: float) -> str:
     return label
 
 
+def backend_pid() -> int | None:
+    """This process's PostgreSQL backend, so a test can terminate it."""
+    if connection.vendor != "postgresql":
+        return None
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        return cursor.fetchone()[0]
+
+
+def announce(started: str) -> None:
+    """Tell the test this job is running: write its backend pid to a file.
+
+    Written aside then renamed, so the file never exists half-written.
+    """
+    aside = Path(f"{started}.tmp")
+    aside.write_text(str(backend_pid() or ""))
+    aside.rename(started)
+
+
+def write_then_hold(label: str, started: str, release: str) -> str:
+    """Write a Mark, announce, then wait until the test creates ``release``."""
+    Mark.objects.create(label=label)
+    announce(started)
+    deadline = time.monotonic() + RELEASE_WAIT
+    while not Path(release).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{release} was not created in {RELEASE_WAIT}s")
+        time.sleep(0.01)
+    return label
+
+
+def write_hold_then_fail(label: str, started: str, release: str) -> None:
+    """``write_then_hold``, then raise without touching the database."""
+    write_then_hold(label, started, release)
+    raise RuntimeError(f"failed after holding {label}")
+
+
+def write_then_query(label: str, started: str, seconds: float) -> str:
+    """Write a Mark, announce, then spend ``seconds`` inside a PostgreSQL query."""
+    Mark.objects.create(label=label)
+    announce(started)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sleep(%s)", [seconds])
+    return label
+
+
+def connection_settings(client: list[str], server: list[str]) -> dict:
+    """What this worker's connection runs with, as libpq and the server see it."""
+    parameters = connection.connection.info.get_parameters()
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT name, setting, unit, source FROM pg_settings WHERE name = ANY(%s)",
+            [server],
+        )
+        shown = {
+            name: f"{setting}{unit or ''} from {source}"
+            for name, setting, unit, source in cursor
+        }
+    return {"client": {name: parameters.get(name) for name in client}, "server": shown}
+
+
 class NotAFunction:
     pass
 
@@ -56,13 +134,134 @@ def record_then_sleep(label: str, started_file: str, seconds: float) -> str:
     return label
 
 
+_CYCLE: list = ["ok"]
+_CYCLE.append(_CYCLE)
+
 UNSTORABLE = {
     "nul": ["ok", {"k": "a\x00b"}],
     "surrogate": {"\ud800": 1},
+    "large float": {"total": 1e23},
+    "cycle": _CYCLE,
 }
 
 
 def write_then_return_unstorable(label: str, kind: str):
-    """Return JSON that PostgreSQL's jsonb refuses (so it can't be an argument)."""
+    """Return what JSON (or PostgreSQL's jsonb) would not give back unchanged,
+    and so can't be an argument either."""
     Mark.objects.create(label=label)
     return UNSTORABLE[kind]
+
+
+def write_then_wait(label: str, flag: str, limit: float = 30) -> str:
+    """Write, say so in ``flag + '.started'``, then wait while ``flag`` exists."""
+    Mark.objects.create(label=label)
+    Path(flag + ".started").touch()
+    deadline = time.monotonic() + limit
+    while Path(flag).exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return label
+
+
+def count_unfinished_members(reference: str) -> int:
+    """A completion job: how many jobs of its group were still pending when it ran."""
+    Mark.objects.create(label=f"completed {reference}")
+    return Job.objects.filter(
+        group__reference=reference, status=Job.Status.PENDING
+    ).count()
+
+
+@job(queue="mail", priority=5, max_attempts=2)
+def notify(label: str, suffix: str = "") -> str:
+    Mark.objects.create(label=label + suffix)
+    return label + suffix
+
+
+@job
+async def async_record(label: str) -> dict:
+    await asyncio.sleep(0.01)
+    await Mark.objects.acreate(label=label)
+    running = current_job()
+    in_transaction = await sync_to_async(lambda: connection.in_atomic_block)()
+    return {"job": running.pk, "in_transaction": in_transaction}
+
+
+async def async_write_then_fail(label: str) -> None:
+    await sync_to_async(Mark.objects.create)(label=label)
+    raise RuntimeError(f"async job failed after writing {label}")
+
+
+def write_then_meet(label: str, directory: str, count: int, limit: float = 30) -> str:
+    """Write, then wait until ``count`` jobs met in ``directory``: they end together."""
+    Mark.objects.create(label=label)
+    Path(directory, label.replace("/", "_")).touch()
+    deadline = time.monotonic() + limit
+    while len(list(Path(directory).iterdir())) < count:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{label}: only {count - 1} job(s) met")
+        time.sleep(0.001)
+    return label
+
+
+# The docs' examples (docs/recurring.rst, groups.rst, unique.rst, decorator.rst)
+# schedule and run these.
+
+
+def delete_empty_orders() -> int:
+    """Delete the orders left with a zero total; a recurring chore."""
+    deleted, _ = Order.objects.filter(total=0).delete()
+    return deleted
+
+
+def sales_report() -> dict:
+    """Count the orders and add up their totals."""
+    return Order.objects.aggregate(orders=Count("id"), total=Coalesce(Sum("total"), 0))
+
+
+def report_receipts() -> dict:
+    """A completion job: how the receipts of the group it completes went."""
+    progress = current_job().completed_group.progress()
+    return {"sent": progress.succeeded, "failed": progress.failed}
+
+
+def refresh_order_summary(order_id: int) -> dict:
+    """Cache what an order's page shows; worth running once after many edits."""
+    order = Order.objects.get(pk=order_id)
+    summary = {"total": order.total, "receipt": hasattr(order, "receipt")}
+    cache.set(f"order-summary-{order_id}", summary)
+    return summary
+
+
+def send_payment_reminder(order_id: int) -> int:
+    """Remind the customer that an order is still unpaid."""
+    return send_mail(
+        subject=f"Order {order_id} is waiting for your payment",
+        message="Please pay your order.",
+        from_email=None,
+        recipient_list=["customer@example.com"],
+    )
+
+
+@job(queue="mail", priority=5, max_attempts=3)
+def email_receipt(order_id: int, copy_to: str | None = None) -> int:
+    """Email an order's receipt (made once), with a copy to ``copy_to``."""
+    receipt, _ = Receipt.objects.get_or_create(order_id=order_id)
+    return send_mail(
+        subject=f"Your receipt for order {order_id}",
+        message=f"Total: {receipt.order.total}",
+        from_email=None,
+        recipient_list=["customer@example.com", *filter(None, [copy_to])],
+    )
+
+
+@job(queue="mail")
+async def confirm_order(order_id: int) -> int:
+    """Confirm an order by email and make its receipt, from async code."""
+    order = await Order.objects.aget(pk=order_id)
+    await sync_to_async(send_mail)(
+        subject=f"Order {order.pk} confirmed",
+        message=f"Total: {order.total}",
+        from_email=None,
+        recipient_list=["customer@example.com"],
+    )
+    receipt = await Receipt.objects.acreate(order=order)
+    return receipt.pk

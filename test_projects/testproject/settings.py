@@ -7,17 +7,23 @@ that started it.
 """
 
 import os
+import sys
 import tempfile
+from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 BASE_DIR = Path(__file__).resolve().parent.parent
+# The tutorial's app lives in the demo project; the tests run it too.
+if str(BASE_DIR / "demo") not in sys.path:
+    sys.path.append(str(BASE_DIR / "demo"))
 SECRET_KEY = "async-jobs-tests-only"
 DEBUG = True
 USE_TZ = True
 TIME_ZONE = "UTC"
 ALLOWED_HOSTS = ["*"]
 ROOT_URLCONF = "testproject.urls"
+STATIC_URL = "static/"
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 INSTALLED_APPS = [
@@ -26,8 +32,10 @@ INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.sessions",
     "django.contrib.messages",
+    "django.contrib.staticfiles",
     "async_jobs",
     "shop",
+    "feedback",  # the tutorial's app, from test_projects/demo/
 ]
 
 MIDDLEWARE = [
@@ -78,11 +86,28 @@ else:
         # A file, not memory, so the worker processes a test starts see it.
         "TEST": {"NAME": str(sqlite_dir / f"test_{os.getpid()}.sqlite3")},
     }
+# A second database, for jobs kept apart from the application's data.
+other = {**default, "NAME": f"{default['NAME']}_other"}
+if default["ENGINE"].endswith("sqlite3"):
+    other["TEST"] = {
+        "NAME": default["TEST"]["NAME"].replace(".sqlite3", "_other.sqlite3")
+    }
 if os.environ.get("ASYNC_JOBS_DB_NAME"):
     default["NAME"] = os.environ["ASYNC_JOBS_DB_NAME"]
-DATABASES = {"default": default}
+DATABASES = {"default": default, "other": other}
 
 ASYNC_JOBS = {"BACKOFF_JITTER": 0.25}
+
+# Django's tasks framework: django.tasks (Django 6+) or, on 5.2, the backport.
+if find_spec("django.tasks") or find_spec("django_tasks"):
+    if not find_spec("django.tasks"):
+        INSTALLED_APPS.append("django_tasks")
+    TASKS = {
+        "default": {
+            "BACKEND": "async_jobs.backends.JobsBackend",
+            "QUEUES": ["default", "mail"],
+        }
+    }
 
 LOGGING = {
     "version": 1,

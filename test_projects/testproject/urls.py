@@ -1,4 +1,14 @@
 from django.contrib import admin
-from django.urls import path
+from django.urls import include, path
 
-urlpatterns = [path("admin/", admin.site.urls)]
+from async_jobs import tasks_framework
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("feedback/", include("feedback.urls")),
+]
+
+if tasks_framework.AVAILABLE:
+    from shop.views import checkout
+
+    urlpatterns.append(path("shop/checkout/", checkout, name="checkout"))

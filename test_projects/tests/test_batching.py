@@ -1,11 +1,14 @@
 """Batches: up to K jobs in one worker transaction, each atomic on its own."""
 
+import os
+import socket
+
 import pytest
 from django.core.exceptions import ImproperlyConfigured
 from django.test import override_settings
 from shop.models import Mark
 
-from async_jobs import Job, schedule
+from async_jobs import Group, Job, schedule
 from async_jobs import worker as worker_module
 from async_jobs.conf import jobs_settings
 from async_jobs.signals import job_finished, job_started
@@ -90,11 +93,13 @@ def test_a_failing_job_in_a_batch_rolls_back_alone(flush_queue):
 @pytest.mark.parametrize(
     ("kind", "message"),
     [
-        ("nul", "result[1]['k']: a string with a NUL character can't be stored"),
-        ("surrogate", "result: key '\\ud800': a string with a lone surrogate"),
+        ("nul", "result[1]['k']: str holds a NUL character"),
+        ("surrogate", "result: key '\\ud800': str holds '\\ud800', a lone surrogate"),
+        ("large float", "result['total']: float 1e+23 would not come back"),
+        ("cycle", "result[1]: contains itself"),
     ],
 )
-def test_a_result_postgresql_cannot_store_fails_the_job(
+def test_a_result_json_cannot_give_back_fails_the_job(
     flush_queue, batch, kind, message
 ):
     ok = schedule("shop.tasks.record", args=["kept"])
@@ -185,3 +190,51 @@ def test_worker_settings_defaults():
     with override_settings(ASYNC_JOBS={"BATCH_SIZE": 50, "POLL_INTERVAL": 0.25}):
         config = jobs_settings()
         assert (config.batch_size, config.poll_interval) == (50, 0.25)
+
+
+def test_a_batch_records_each_attempt_in_the_attempt_log(flush_queue):
+    # Several successes are written by one UPDATE on PostgreSQL: the log too.
+    jobs = schedule_in_order(("record", "a"), ("write_then_fail", "b"), ("record", "c"))
+    Job.objects.filter(pk=jobs[0].pk).update(
+        attempt_log=[{"worker": "earlier:1", "started": "2020-01-01T00:00:00+00:00"}]
+    )
+
+    flush_queue("--batch", "10")
+
+    worker = f"{socket.gethostname()}:{os.getpid()}"
+    a, b, c = (Job.objects.get(pk=job.pk) for job in jobs)
+    assert [entry["worker"] for entry in a.attempt_log] == ["earlier:1", worker]
+    for job in (a, b, c):
+        assert job.attempt_log[-1] == {
+            "worker": worker,
+            "started": job.started.isoformat(),
+        }
+    assert (a.status, b.status, c.status) == ("succeeded", "pending", "succeeded")
+
+
+def test_a_batch_settles_series_and_groups_in_its_transaction(flush_queue):
+    # Two series and a group's last two jobs, all in one batch: the next
+    # occurrences are inserted and the group closes once, with the batch.
+    schedule("shop.tasks.record", args=["every minute"], meta={"repeat": 60})
+    schedule(
+        "shop.tasks.write_then_fail",
+        args=["failing"],
+        meta={"repeat": 60, "max_attempts": 1},
+    )
+    for label in ("m1", "m2"):
+        schedule("shop.tasks.record", args=[label], meta={"group": "g"})
+    completion = schedule(
+        "shop.tasks.count_unfinished_members", args=["g"], meta={"completes": "g"}
+    )
+
+    assert "Ran 5 jobs" in flush_queue("--batch", "10", "--jobs", "5")
+
+    nexts = Job.objects.filter(status=Job.Status.PENDING).exclude(pk=completion.pk)
+    assert sorted(nexts.values_list("name", flat=True)) == [
+        "shop.tasks.record",
+        "shop.tasks.write_then_fail",
+    ]
+    completion.refresh_from_db()
+    assert completion.status == Job.Status.SUCCEEDED
+    assert completion.result == 0  # it ran after both members had succeeded
+    assert Group.objects.get(reference="g").finished is not None

@@ -12,21 +12,12 @@ from shop.models import Mark
 
 from async_jobs import Job, schedule
 
-from .conftest import manage
+from .conftest import wait_until
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
 # Long enough that a job run well within it was not found by polling.
 NO_POLLING = "60"
-
-
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def succeeded(job: Job) -> bool:
@@ -35,20 +26,13 @@ def succeeded(job: Job) -> bool:
 
 
 @pytest.fixture
-def start_worker():
-    """Start ``flush_queue --loop ...`` processes; kill any left at the end."""
-    started = []
+def start_worker(start_manage):
+    """Start ``flush_queue --loop ...`` processes; killed at the end if need be."""
 
     def start(*args: str) -> subprocess.Popen:
-        process = manage("flush_queue", "--loop", *args)
-        started.append(process)
-        return process
+        return start_manage("flush_queue", "--loop", *args)
 
-    yield start
-    for process in started:
-        if process.poll() is None:
-            process.kill()
-        process.communicate(timeout=10)
+    return start
 
 
 def stop(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]:
@@ -59,7 +43,7 @@ def stop(process: subprocess.Popen, timeout: float = 15) -> tuple[int, str, str]
 
 def run_and_wait(label: str, timeout: float = 10) -> Job:
     job = schedule("shop.tasks.record", args=[label])
-    wait_for(lambda: succeeded(job), timeout, f"job {label!r} to run")
+    wait_until(lambda: succeeded(job), f"job {label!r} to run", timeout=timeout)
     return job
 
 
@@ -74,10 +58,7 @@ def start_slow_job(tmp_path, label: str, seconds: float, **schedule_kwargs) -> J
 
 def wait_started(tmp_path, label: str, worker: subprocess.Popen) -> None:
     started = tmp_path / f"{label}.started"
-    wait_for(
-        lambda: started.exists() or worker.poll() is not None, 30, f"{label} to start"
-    )
-    assert worker.poll() is None, worker.communicate()
+    wait_until(started.exists, f"{label} to start", process=worker)
 
 
 @pytest.fixture
@@ -109,7 +90,7 @@ def test_jobs_committed_together_all_run(idle_worker):
     with transaction.atomic():
         jobs = [schedule("shop.tasks.record", args=[str(n)]) for n in range(5)]
 
-    wait_for(lambda: all(succeeded(job) for job in jobs), 10, "the five jobs")
+    wait_until(lambda: all(succeeded(job) for job in jobs), "the five jobs", timeout=10)
     assert stop(idle_worker)[0] == 0
 
 
@@ -117,8 +98,44 @@ def test_a_job_due_later_wakes_the_worker_on_time(idle_worker):
     job = schedule("shop.tasks.record", args=["later"], run_after=timedelta(seconds=1))
     time.sleep(0.5)
     assert not succeeded(job)
-    wait_for(lambda: succeeded(job), 10, "the job due in a second")
+    wait_until(lambda: succeeded(job), "the job due in a second", timeout=10)
     assert job.started >= job.run_after
+    assert stop(idle_worker)[0] == 0
+
+
+def test_a_series_wakes_the_worker_for_its_next_occurrence(idle_worker):
+    # The worker inserts the next occurrence itself, due a second later; the
+    # notification of its own commit tells it when.
+    schedule("shop.tasks.noop", meta={"repeat": 1})
+
+    def occurrences() -> int:
+        return Job.objects.filter(name="shop.tasks.noop", status="succeeded").count()
+
+    wait_until(lambda: occurrences() >= 2, "the second occurrence", timeout=10)
+    assert stop(idle_worker)[0] == 0
+
+
+def test_a_released_completion_job_wakes_the_worker(idle_worker):
+    member = schedule(
+        "shop.tasks.noop", run_after=timedelta(hours=1), meta={"group": "g"}
+    )
+    completion = schedule(
+        "shop.tasks.count_unfinished_members", args=["g"], meta={"completes": "g"}
+    )
+
+    member.cancel()  # the group's last job: its completion job is due now
+
+    wait_until(lambda: succeeded(completion), "the completion job", timeout=10)
+    assert stop(idle_worker)[0] == 0
+
+
+def test_a_job_run_again_wakes_the_worker(idle_worker):
+    job = schedule("shop.tasks.write_then_fail", args=["x"], meta={"max_attempts": 1})
+    wait_until(lambda: job.errors.count() == 1, "the first attempt", timeout=10)
+
+    Job.objects.get(pk=job.pk).requeue()
+
+    wait_until(lambda: job.errors.count() == 2, "the job run again", timeout=10)
     assert stop(idle_worker)[0] == 0
 
 
@@ -128,7 +145,7 @@ def test_without_notifications_the_worker_polls(start_worker):
     # SQLite polling is the only wake-up there is).
     job = Job.objects.create(name="shop.tasks.record", args=["polled"])
 
-    wait_for(lambda: succeeded(job), 30, "the polled job")
+    wait_until(lambda: succeeded(job), "the polled job", timeout=30)
     code, _out, err = stop(worker)
     assert code == 0, err
     assert Mark.objects.get().label == "polled"
@@ -163,7 +180,7 @@ def test_sigterm_stops_a_waiting_worker_at_once(start_worker):
     worker = start_worker("--sleep", NO_POLLING)
     job = Job.objects.create(name="shop.tasks.record", args=["ready"])
     # Found by the first look, which comes before the first wait.
-    wait_for(lambda: succeeded(job), 30, "the worker to start")
+    wait_until(lambda: succeeded(job), "the worker to start", timeout=30)
 
     code, out, err = stop(worker, timeout=10)  # well within the poll interval
     assert code == 0, err
@@ -222,10 +239,10 @@ def test_a_lost_listen_connection_is_reopened(idle_worker):
     [listener] = backend_pids(listening=True)
 
     terminate(listener)
-    wait_for(
+    wait_until(
         lambda: backend_pids(listening=True) not in ([], [listener]),
-        15,
         "a new LISTEN connection",
+        timeout=15,
     )
     run_and_wait("after")  # woken by a notification on the new connection
 
@@ -261,7 +278,7 @@ def test_a_connection_lost_mid_job_rolls_it_back_and_runs_it_again(
     terminate(worker_connection)
     (tmp_path / "once.started").unlink()
     wait_started(tmp_path, "once", worker)  # the second attempt
-    wait_for(lambda: succeeded(job), 15, "the job to succeed")
+    wait_until(lambda: succeeded(job), "the job to succeed", timeout=15)
 
     code, _out, err = stop(worker)
     assert code == 0, err

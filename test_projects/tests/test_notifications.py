@@ -1,4 +1,4 @@
-"""The NOTIFY that wakes workers: one per committed transaction that scheduled jobs."""
+"""The NOTIFY that wakes workers: one per committed transaction that made jobs due."""
 
 import json
 from datetime import timedelta
@@ -6,7 +6,7 @@ from datetime import timedelta
 import pytest
 from django.db import connection, transaction
 
-from async_jobs import schedule, schedule_many
+from async_jobs import Job, schedule, schedule_many
 from async_jobs.notifications import Wakeup
 
 from .test_scheduling import Boom
@@ -98,3 +98,39 @@ def test_a_payload_names_the_queues_and_when_jobs_are_due():
     assert wakeup.delay() < 0  # due long ago
     assert Wakeup.from_payload(json.dumps({"at": 1e12})).concerns(["any"])
     assert Wakeup.from_payload("not json").delay() < 0  # unknown: look now
+
+
+def test_a_series_next_occurrence_is_announced(received, flush_queue):
+    schedule("shop.tasks.noop", meta={"repeat": 60, "queue": "cron"})
+    received()
+
+    flush_queue()
+
+    [following] = Job.objects.filter(status=Job.Status.PENDING)
+    assert received() == [{"queues": ["cron"], "at": following.run_after.timestamp()}]
+
+
+def test_a_released_completion_job_is_announced(received, flush_queue):
+    schedule("shop.tasks.noop", meta={"group": "g"})
+    completion = schedule(
+        "shop.tasks.noop", meta={"completes": "g", "queue": "reports"}
+    )
+    received()
+
+    flush_queue("--jobs", "1")
+
+    completion.refresh_from_db()
+    assert received() == [
+        {"queues": ["reports"], "at": completion.run_after.timestamp()}
+    ]
+
+
+def test_a_job_run_again_is_announced(received, flush_queue):
+    job = schedule("shop.tasks.write_then_fail", args=["x"], meta={"max_attempts": 1})
+    flush_queue()
+    received()
+
+    Job.objects.get(pk=job.pk).requeue()
+
+    job.refresh_from_db()
+    assert received() == [{"queues": ["default"], "at": job.run_after.timestamp()}]

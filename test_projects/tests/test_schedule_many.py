@@ -7,7 +7,7 @@ from django.db import connection, transaction
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from async_jobs import Job, schedule_many
+from async_jobs import Group, Job, schedule, schedule_many
 from async_jobs.signals import job_scheduled
 
 from .test_scheduling import Boom, count_jobs_from_another_connection
@@ -144,3 +144,66 @@ def test_one_bad_call_schedules_nothing_and_is_named(bad, error, message):
     with pytest.raises(error, match=message):
         schedule_many([GOOD, bad, GOOD])
     assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        (
+            {"unique": True},
+            r"calls\[1\]: meta\['unique'\] needs schedule\(\), not schedule_many\(\): "
+            "a unique job may turn out to be its pending twin",
+        ),
+        (
+            {"completes": "import-1"},
+            r"calls\[1\]: meta\['completes'\] needs schedule\(\), not "
+            r"schedule_many\(\): a group's completion job is tied to its group",
+        ),
+    ],
+)
+def test_what_one_insert_cannot_honour_is_refused(meta, message):
+    with pytest.raises(ValueError, match=message):
+        schedule_many([GOOD, {"function": "shop.tasks.noop", "meta": meta}])
+    assert Job.objects.count() == 0
+
+
+def test_the_json_rule_of_schedule_applies_to_each_call():
+    with pytest.raises(TypeError, match=r"calls\[0\]: args\[0\]: str holds a NUL"):
+        schedule_many([{"function": "shop.tasks.echo", "args": ["a\x00"]}])
+    assert Job.objects.count() == 0
+
+
+def test_jobs_join_their_open_groups_which_close_after_them(flush_queue):
+    with transaction.atomic():
+        members = schedule_many(
+            {"function": "shop.tasks.record", "args": [label], "meta": {"group": group}}
+            for label, group in [("a1", "a"), ("b1", "b"), ("a2", "a")]
+        )
+        completion = schedule(
+            "shop.tasks.count_unfinished_members", args=["a"], meta={"completes": "a"}
+        )
+
+    a1, b1, a2 = (Job.objects.get(pk=job.pk) for job in members)
+    assert completion.group_id is None  # it completes the group, isn't in it
+    group_a = Group.objects.get(reference="a")
+    assert {a1.group_id, a2.group_id} == {group_a.pk}
+    assert b1.group.reference == "b"
+    assert group_a.completion_id == completion.pk
+
+    assert "Ran 4 jobs" in flush_queue("--batch", "10")
+
+    completion.refresh_from_db()
+    assert (completion.status, completion.result) == (Job.Status.SUCCEEDED, 0)
+    assert Group.objects.filter(finished=None).count() == 0
+
+
+def test_a_job_scheduled_into_a_finished_group_starts_a_new_one(flush_queue):
+    [first] = schedule_many([{"function": "shop.tasks.noop", "meta": {"group": "g"}}])
+    flush_queue()
+    [second] = schedule_many([{"function": "shop.tasks.noop", "meta": {"group": "g"}}])
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.group.finished is not None
+    assert second.group_id != first.group_id
+    assert second.group.finished is None

@@ -1,28 +1,18 @@
 from __future__ import annotations
 
-from django.core.checks import Tags
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
-from async_jobs.conf import jobs_database, jobs_settings
+from async_jobs.conf import jobs_settings
 from async_jobs.execution import Outcome
+from async_jobs.management.arguments import (
+    add_queue_option,
+    positive_int,
+    positive_seconds,
+)
+from async_jobs.management.preflight import ready_database
 from async_jobs.notifications import listens
-from async_jobs.readiness import DatabaseNotReady, check_database_ready
-from async_jobs.worker import Worker, WorkerAborted, stop_on_signals
-
-
-def positive_int(value: str) -> int:
-    number = int(value)
-    if number < 1:
-        raise ValueError(value)
-    return number
-
-
-def positive_seconds(value: str) -> float:
-    number = float(value)
-    if not 0 < number < float("inf"):
-        raise ValueError(value)
-    return number
+from async_jobs.worker import Worker, WorkerAborted, stop_on_signals, what_failed
 
 
 class Command(BaseCommand):
@@ -30,8 +20,7 @@ class Command(BaseCommand):
         "Run the jobs that are due, each in its own transaction, then exit "
         "(from cron); with --loop, keep running jobs as they fall due (a worker)."
     )
-    # Run after the database check in handle(): some system checks connect to
-    # the database, and a down database deserves its own one-line message.
+    # Run by ready_database() in handle(), after the database check.
     requires_system_checks = []
 
     def add_arguments(self, parser: CommandParser) -> None:
@@ -41,13 +30,8 @@ class Command(BaseCommand):
             metavar="N",
             help="Run at most N jobs, then exit.",
         )
-        parser.add_argument(
-            "--queue",
-            action="append",
-            dest="queues",
-            default=[],
-            metavar="NAME",
-            help="Only run jobs of this queue (repeat for several). Default: all.",
+        add_queue_option(
+            parser, "Only run jobs of this queue (repeat for several). Default: all."
         )
         parser.add_argument(
             "--loop",
@@ -90,23 +74,10 @@ class Command(BaseCommand):
         batch: int | None,
         **options,
     ) -> None:
-        self.check(tags=[Tags.compatibility])  # ASYNC_JOBS itself; no database
-        config = jobs_settings()
-        configured = config.queues
-        unknown = [name for name in queues if configured and name not in configured]
-        if unknown:
-            raise CommandError(
-                f"Unknown queue(s) {', '.join(map(repr, unknown))}; "
-                f"ASYNC_JOBS['QUEUES'] is {', '.join(map(repr, configured))}."
-            )
         if sleep is not None and not loop:
             raise CommandError("--sleep only applies with --loop.")
-        using = jobs_database()
-        try:
-            check_database_ready(using)
-        except DatabaseNotReady as exc:
-            raise CommandError(str(exc)) from exc
-        self.check()
+        using = ready_database(self, queues)
+        config = jobs_settings()
         worker = Worker(
             using=using,
             queues=queues,
@@ -131,8 +102,8 @@ class Command(BaseCommand):
             ) from exc
         except DatabaseError as exc:
             raise CommandError(
-                f"Database {using!r} failed during the run: {exc}".strip()
-                + f"; the running job was rolled back and stays pending. "
+                f"Database {using!r} failed during the run: {what_failed(exc)}; "
+                f"the running job was rolled back and stays pending. "
                 f"{worker.summary()}"
             ) from exc
         self.stdout.write(worker.summary())

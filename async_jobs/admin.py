@@ -1,0 +1,389 @@
+"""The admin: audit jobs and their errors; cancel, run again or delete them.
+
+Jobs are read-only here: ``name``, ``args`` and ``kwargs`` are never editable,
+and no form ever saves a job row (a save would write back every field, racing
+the worker that records the job's outcome). State changes go through the
+actions, which use the model's own ``cancel()`` and ``requeue()``.
+
+The changelist is built for a table of millions of rows: ordered by the
+primary key, counted by ``EstimatedCountPaginator``, with filters whose
+choices come from settings or from the newest rows, never a scan.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
+from django.contrib.auth import get_permission_codename
+from django.core.exceptions import PermissionDenied
+from django.db import connections, transaction
+from django.db.models import QuerySet
+from django.http import HttpRequest, HttpResponse
+from django.template.response import TemplateResponse
+from django.urls import path, reverse
+from django.utils.html import format_html
+from django.utils.http import urlencode
+
+from async_jobs.conf import jobs_database, jobs_settings
+from async_jobs.durations import format_age
+from async_jobs.models import Error, Job
+from async_jobs.pagination import EstimatedCountPaginator
+from async_jobs.requeuing import REQUEUABLE
+from async_jobs.status import queue_overview
+
+#: At most this many refused job ids are named in an action's message.
+NAMED_IDS = 10
+
+
+def recent_values(queryset: QuerySet, field: str, rows: int) -> list:
+    """The distinct values of ``field`` among the newest ``rows`` rows.
+
+    A range of the primary key index instead of a DISTINCT over the table.
+    """
+    nth_newest = list(
+        queryset.order_by("-pk").values_list("pk", flat=True)[rows - 1 : rows]
+    )
+    if nth_newest:
+        queryset = queryset.filter(pk__gte=nth_newest[0])
+    return list(queryset.order_by(field).values_list(field, flat=True).distinct())
+
+
+class RecentValuesFilter(admin.SimpleListFilter):
+    """Choices from settings, else from the newest jobs; exact match."""
+
+    field: str
+    #: Choices come from this many of the newest jobs.
+    rows = 10_000
+
+    def configured(self) -> tuple[str, ...] | None:
+        return None
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        values = list(self.configured() or ())
+        if not values:
+            values = recent_values(
+                model_admin.get_queryset(request), self.field, self.rows
+            )
+        if self.value() is not None and self.value() not in values:
+            values.append(self.value())  # chosen from a link or an older row
+        return [(value, value) for value in sorted(values)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() is None:
+            return queryset
+        return queryset.filter(**{self.field: self.value()})
+
+
+class QueueFilter(RecentValuesFilter):
+    title = "queue"
+    parameter_name = field = "queue"
+
+    def configured(self) -> tuple[str, ...] | None:
+        return jobs_settings().queues
+
+
+class NameFilter(RecentValuesFilter):
+    title = "function"
+    parameter_name = field = "name"
+
+
+def pretty_json(value: object) -> str:
+    return format_html(
+        '<pre class="async-jobs-json">{}</pre>',
+        json.dumps(value, indent=2, ensure_ascii=False),
+    )
+
+
+class ErrorInline(admin.StackedInline):
+    model = Error
+    extra = 0
+    can_delete = False
+    fields = ["attempt", "occurred", "exception", "traceback_display"]
+    readonly_fields = fields
+    # Attempts restart at 1 when a job is run again: show them as they happened.
+    ordering = ["occurred", "pk"]
+
+    @admin.display(description="traceback")
+    def traceback_display(self, error: Error) -> str:
+        return format_html(
+            '<pre class="async-jobs-traceback">{}</pre>', error.traceback
+        )
+
+    def has_view_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        # The errors are part of the job: who may see the job sees them.
+        return any(
+            request.user.has_perm(
+                f"async_jobs.{get_permission_codename(action, Job._meta)}"
+            )
+            for action in ("view", "change")
+        )
+
+    def has_add_permission(self, request: HttpRequest, obj: Job | None = None) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: Job | None = None
+    ) -> bool:
+        return False
+
+
+class JobChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters=None) -> QuerySet:
+        # The list shows none of these, and they can be large.
+        return (
+            super()
+            .get_queryset(request, exclude_parameters)
+            .defer("args", "kwargs", "meta", "result")
+        )
+
+
+@admin.register(Job)
+class JobAdmin(admin.ModelAdmin):
+    list_display = [
+        "id",
+        "name",
+        "queue",
+        "status",
+        "priority",
+        "attempts",
+        "run_after",
+        "finished",
+    ]
+    list_display_links = ["id", "name"]
+    list_filter = [
+        "status",
+        QueueFilter,
+        NameFilter,
+        ("created", admin.DateFieldListFilter),
+        ("finished", admin.DateFieldListFilter),
+    ]
+    search_fields = ["name"]
+    search_help_text = "A job id, or part of the function's dotted path."
+    ordering = ["-pk"]
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER  # a count per filter choice: a scan each
+    actions = ["cancel_jobs", "requeue_jobs"]
+    inlines = [ErrorInline]
+    fieldsets = [
+        (
+            None,
+            {"fields": ["name", "status", "queue", "priority", "group", "unique_key"]},
+        ),
+        ("Call", {"fields": ["args_display", "kwargs_display", "meta_display"]}),
+        (
+            "Runs",
+            {
+                "fields": [
+                    ("attempts", "max_attempts"),
+                    "created",
+                    "run_after",
+                    "started",
+                    "finished",
+                    "result_display",
+                ]
+            },
+        ),
+    ]
+    readonly_fields = [
+        "name",
+        "status",
+        "queue",
+        "priority",
+        "group",
+        "unique_key",
+        "args_display",
+        "kwargs_display",
+        "meta_display",
+        "attempts",
+        "max_attempts",
+        "created",
+        "run_after",
+        "started",
+        "finished",
+        "result_display",
+    ]
+
+    class Media:
+        css = {"all": ["async_jobs/admin.css"]}
+
+    @admin.display(description="args")
+    def args_display(self, job: Job) -> str:
+        return pretty_json(job.args)
+
+    @admin.display(description="kwargs")
+    def kwargs_display(self, job: Job) -> str:
+        return pretty_json(job.kwargs)
+
+    @admin.display(description="meta")
+    def meta_display(self, job: Job) -> str:
+        return pretty_json(job.meta)
+
+    @admin.display(description="result")
+    def result_display(self, job: Job) -> str:
+        return pretty_json(job.result)
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
+        return super().get_queryset(request).using(jobs_database())
+
+    def get_changelist(self, request: HttpRequest, **kwargs) -> type[ChangeList]:
+        return JobChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """A number is a job id (one index lookup); other text, part of a name."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if term.isdigit():
+            return queryset.filter(pk=int(term)), False
+        return queryset.filter(name__icontains=term), False
+
+    # Jobs are made by schedule() and changed only through the actions.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: Job | None = None
+    ) -> bool:
+        # Without an object this decides the cancel and requeue actions.
+        return obj is None and super().has_change_permission(request)
+
+    @admin.action(description="Cancel selected pending jobs", permissions=["change"])
+    def cancel_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        self._change_each(
+            request,
+            queryset,
+            Job.cancel,
+            done="Cancelled",
+            allowed=[Job.Status.PENDING],
+            rule="only a pending job can be cancelled",
+        )
+
+    @admin.action(
+        description="Run selected failed or cancelled jobs again now",
+        permissions=["change"],
+    )
+    def requeue_jobs(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
+        self._change_each(
+            request,
+            queryset,
+            Job.requeue,
+            done="Queued again",
+            allowed=REQUEUABLE,
+            rule="only a failed or cancelled job can be run again",
+        )
+
+    def _change_each(
+        self,
+        request: HttpRequest,
+        queryset: QuerySet[Job],
+        change: Callable[[Job], None],
+        done: str,
+        allowed: Sequence[str],
+        rule: str,
+    ) -> None:
+        """Apply ``change`` to each selected job, all in one transaction.
+
+        Jobs a worker is running right now are skipped rather than waited for
+        (on PostgreSQL). Jobs ``change`` refuses are listed: those whose status
+        isn't ``allowed`` under ``rule``, any other with its own reason.
+        """
+        using = queryset.db
+        changed = 0
+        refused: list[Job] = []
+        reasons: list[str] = []
+        with transaction.atomic(using=using):
+            selected = set(queryset.values_list("pk", flat=True))
+            jobs = queryset.order_by("pk").only("pk", "status", "group")
+            if connections[using].features.has_select_for_update_skip_locked:
+                jobs = jobs.select_for_update(skip_locked=True)
+            jobs = list(jobs)
+            running = sorted(selected - {job.pk for job in jobs})
+            for job in jobs:
+                try:
+                    change(job)
+                except ValueError as exc:
+                    if job.status in allowed:
+                        reasons.append(str(exc))
+                    else:
+                        refused.append(job)
+                else:
+                    changed += 1
+        plural = "job" if changed == 1 else "jobs"
+        self.message_user(request, f"{done} {changed} {plural}.", messages.SUCCESS)
+        if refused:
+            self.message_user(
+                request,
+                f"{len(refused)} left as they were ({rule}): "
+                + _some(f"#{job.pk} ({job.status})" for job in refused),
+                messages.WARNING,
+            )
+        for reason in reasons:
+            self.message_user(request, reason, messages.WARNING)
+        if running:
+            self.message_user(
+                request,
+                f"{len(running)} left alone because a worker is running them "
+                "right now: " + _some(f"#{pk}" for pk in running),
+                messages.WARNING,
+            )
+
+    def get_urls(self) -> list:
+        overview = path(
+            "overview/",
+            self.admin_site.admin_view(self.overview_view),
+            name="async_jobs_job_overview",
+        )
+        return [overview, *super().get_urls()]
+
+    def overview_view(self, request: HttpRequest) -> HttpResponse:
+        """Per queue: jobs by status, the due backlog, recent failures."""
+        if not self.has_view_permission(request):
+            raise PermissionDenied
+        overview = queue_overview()
+        changelist = reverse("admin:async_jobs_job_changelist")
+
+        def link(count: int, **filters: str) -> str:
+            return format_html(
+                '<a href="{}?{}">{}</a>', changelist, urlencode(filters), count
+            )
+
+        rows = [
+            {
+                "queue": queue.queue,
+                "counts": [
+                    link(queue.counts[status], queue=queue.queue, status__exact=status)
+                    for status in Job.Status.values
+                ],
+                "due": queue.due,
+                "oldest_due": "—"
+                if queue.oldest_due is None
+                else format_age(queue.oldest_due_age(overview.now)),
+                "failed_recently": queue.failed_recently,
+                "errors_recently": queue.errors_recently,
+            }
+            for queue in overview.queues
+        ]
+        context = {
+            **self.admin_site.each_context(request),
+            "title": "Queue overview",
+            "opts": self.opts,
+            "statuses": Job.Status.labels,
+            "rows": rows,
+            "overview": overview,
+        }
+        return TemplateResponse(request, "admin/async_jobs/job/overview.html", context)
+
+
+def _some(items) -> str:
+    """The first ``NAMED_IDS`` items, and how many more."""
+    items = list(items)
+    shown = ", ".join(items[:NAMED_IDS])
+    if len(items) > NAMED_IDS:
+        shown += f" and {len(items) - NAMED_IDS} more"
+    return shown + "."

@@ -1,0 +1,159 @@
+"""Groups of jobs, and the completion job that runs once all of them finished.
+
+``meta={"group": "import-42"}`` puts a job in the open group with that
+reference (creating it); ``meta={"completes": "import-42"}`` makes a job that
+group's completion job. The completion job waits, pending with ``run_after``
+at :data:`HELD`, until the group's last job has finished.
+
+Exactly once, even with many workers: every change to a group's membership and
+every job of a group reaching a final status takes the group's row lock
+(``SELECT ... FOR UPDATE``) in the transaction that makes the change, then
+counts the group's pending jobs. Under READ COMMITTED (Django's default) the
+last of two workers finishing the group's last two jobs waits for the first to
+commit, then sees both jobs finished: only it closes the group and releases
+the completion job, in the same transaction that records its job's outcome.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from django.db import transaction
+from django.db.models import Count, Q
+from django.utils import timezone
+
+from async_jobs.models import Group, Job
+from async_jobs.notifications import notify_on_commit
+
+#: ``run_after`` of a completion job whose group has not finished yet.
+HELD = datetime(9999, 1, 1, tzinfo=UTC)
+
+
+@dataclass(frozen=True)
+class GroupProgress:
+    """How far a group has come; its completion job is not counted."""
+
+    total: int
+    pending: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+    @property
+    def done(self) -> int:
+        return self.total - self.pending
+
+    @property
+    def finished(self) -> bool:
+        return self.total > 0 and self.pending == 0
+
+
+def progress(group: Group) -> GroupProgress:
+    counts = dict(
+        group.jobs.order_by().values_list("status").annotate(count=Count("id"))
+    )
+    return GroupProgress(
+        total=sum(counts.values()),
+        pending=counts.get(Job.Status.PENDING, 0),
+        succeeded=counts.get(Job.Status.SUCCEEDED, 0),
+        failed=counts.get(Job.Status.FAILED, 0),
+        cancelled=counts.get(Job.Status.CANCELLED, 0),
+    )
+
+
+def held_run_after(run_after: object) -> datetime:
+    """A completion job's ``run_after``: held until its group finishes."""
+    if run_after is not None:
+        raise ValueError(
+            "A job with meta['completes'] runs as soon as its group has finished; "
+            "it can't take a run_after."
+        )
+    return HELD
+
+
+def _lock_open_group(reference: str, using: str) -> Group:
+    """The open group with this reference, created if needed, row-locked."""
+    group, _ = (
+        Group.objects.using(using)
+        .select_for_update()
+        .get_or_create(reference=reference, finished=None)
+    )
+    return group
+
+
+def _lock_open_groups(references: Iterable[str], using: str) -> dict[str, Group]:
+    """The open groups with these references, created if needed, row-locked.
+
+    In a fixed order, so two transactions locking groups can't deadlock.
+    """
+    return {
+        reference: _lock_open_group(reference, using)
+        for reference in sorted(set(references))
+    }
+
+
+def save_in_group(job: Job, using: str) -> None:
+    """Insert a job that joins and/or completes a group, under the group locks."""
+    member_of = job.meta.get("group")
+    completes = job.meta.get("completes")
+    with transaction.atomic(using=using):
+        locked = _lock_open_groups({member_of, completes} - {None}, using)
+        if member_of is not None:
+            job.group = locked[member_of]
+        if completes is not None:
+            group = locked[completes]
+            if group.completion_id is not None:
+                raise ValueError(
+                    f"Group {completes!r} (#{group.pk}) already has a completion "
+                    f"job, #{group.completion_id}."
+                )
+        job.save(using=using, force_insert=True)
+        if completes is not None:
+            group.completion = job
+            group.save(using=using, update_fields=["completion"])
+            _close_if_finished(group, using)
+
+
+def join_open_groups(jobs: Sequence[Job], using: str) -> None:
+    """Put the jobs that have ``meta['group']`` in its open group.
+
+    The groups stay locked until the transaction ends: it must be the one that
+    inserts the jobs, so no group can close before they are in it.
+    """
+    locked = _lock_open_groups(
+        (job.meta["group"] for job in jobs if "group" in job.meta), using
+    )
+    for job in jobs:
+        if "group" in job.meta:
+            job.group = locked[job.meta["group"]]
+
+
+def jobs_settled(group_ids: Iterable[int | None], using: str) -> None:
+    """Jobs of these groups reached a final status: close the finished groups.
+
+    Must run in the transaction that recorded those statuses.
+    """
+    for group_id in sorted(set(group_ids) - {None}):
+        group = Group.objects.using(using).select_for_update().get(pk=group_id)
+        _close_if_finished(group, using)
+
+
+def _close_if_finished(group: Group, using: str) -> None:
+    """With the group locked: if its last job has finished, release its completion."""
+    if group.finished is not None:
+        return
+    counts = group.jobs.using(using).aggregate(
+        total=Count("id"), pending=Count("id", filter=Q(status=Job.Status.PENDING))
+    )
+    if not counts["total"] or counts["pending"]:
+        return
+    group.finished = timezone.now()
+    group.save(using=using, update_fields=["finished"])
+    if group.completion_id is not None:
+        released = Job.objects.using(using).filter(
+            pk=group.completion_id, status=Job.Status.PENDING
+        )
+        if released.update(run_after=group.finished):
+            notify_on_commit(using, released.only("queue", "run_after"))

@@ -1,0 +1,123 @@
+"""Recurring jobs: ``meta["repeat"]`` as seconds or a cron expression.
+
+A series is a chain of ``Job`` rows. When one occurrence finishes for good
+(succeeded or failed), the next is inserted in the same transaction that
+records the outcome, under the row lock: a worker that dies mid-run rolls both
+back, so the series neither loses nor doubles an occurrence.
+
+After downtime the overdue occurrence runs once, and the next one goes to the
+first slot after *now*: missed slots are skipped, not run one by one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING, Any
+
+from django.conf import settings
+from django.utils import timezone
+
+if TYPE_CHECKING:
+    from async_jobs.models import Job
+
+REPEAT_RULE = (
+    "a number of seconds > 0, a timedelta, or a cron expression like "
+    "'0 3 * * *' (needs croniter: pip install django-async-jobs[cron])"
+)
+
+
+def _croniter(expression: str) -> Any:
+    """croniter's class, or an error that says how to install it."""
+    try:
+        from croniter import croniter
+    except ImportError:
+        raise ImportError(
+            f"meta['repeat'] is the cron expression {expression!r}, which needs "
+            "croniter: pip install django-async-jobs[cron]"
+        ) from None
+    return croniter
+
+
+def check_repeat(value: object) -> int | float | str:
+    """Validate ``meta['repeat']``; return it as stored (seconds or cron)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        value = int(seconds) if seconds.is_integer() else seconds
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        if value > 0 and math.isfinite(value):
+            return value
+    elif isinstance(value, str) and value.strip():
+        if _croniter(value).is_valid(value):
+            return value
+        raise ValueError(f"meta['repeat'] {value!r} is not a valid cron expression.")
+    raise ValueError(f"meta['repeat'] is {value!r}; it must be {REPEAT_RULE}.")
+
+
+def check_repeat_until(value: object) -> str:
+    """Validate ``meta['repeat_until']``; return it as an ISO 8601 string."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise ValueError(
+            f"meta['repeat_until'] is {value!r}; it must be a datetime "
+            "(or its ISO 8601 string)."
+        )
+    if settings.USE_TZ and timezone.is_naive(value):
+        raise ValueError(
+            f"meta['repeat_until'] {value.isoformat()} is a naive datetime while "
+            "USE_TZ is True; pass an aware datetime."
+        )
+    return value.isoformat()
+
+
+def _cron_after(expression: str, moment: datetime) -> datetime:
+    """The first cron slot after ``moment``, read in settings.TIME_ZONE."""
+    if timezone.is_aware(moment):
+        moment = timezone.localtime(moment, timezone.get_default_timezone())
+    return _croniter(expression)(expression, moment).get_next(datetime)
+
+
+def first_run_after(meta: dict, now: datetime) -> datetime:
+    """When a new series starts if no run_after is given: a cron's next slot."""
+    repeat = meta.get("repeat")
+    if isinstance(repeat, str):
+        return _cron_after(repeat, now)
+    return now
+
+
+def next_slot(repeat: int | float | str, slot: datetime, now: datetime) -> datetime:
+    """The series' first slot after both this occurrence's ``slot`` and ``now``."""
+    if isinstance(repeat, str):
+        return _cron_after(repeat, max(slot, now))
+    step = timedelta(seconds=repeat)
+    return slot + step * max(1, (now - slot) // step + 1)
+
+
+def schedule_next(job: Job, using: str) -> Job | None:
+    """Insert the next occurrence of a finished repeating job, if any."""
+    from async_jobs.models import Job
+    from async_jobs.scheduling import save_job
+
+    repeat = job.meta.get("repeat")
+    if repeat is None or job.status == Job.Status.CANCELLED:
+        return None
+    when = next_slot(repeat, job.run_after, timezone.now())
+    until = job.meta.get("repeat_until")
+    if until is not None and when > datetime.fromisoformat(until):
+        return None
+    return save_job(
+        Job(
+            name=job.name,
+            args=job.args,
+            kwargs=job.kwargs,
+            meta=dict(job.meta),
+            queue=job.queue,
+            priority=job.priority,
+            max_attempts=job.max_attempts,
+            run_after=when,
+        ),
+        using,
+    )

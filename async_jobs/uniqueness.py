@@ -1,0 +1,129 @@
+"""Unique jobs (``meta["unique"]``) and ``deschedule()``.
+
+A unique job's ``unique_key`` is a digest of its function and arguments (or of
+its function and a key the caller gives). A partial unique index allows one
+*pending* row per key, so two transactions scheduling the same unique job at
+once can't both insert it: on PostgreSQL the second insert waits for the first
+transaction, then fails, and ``schedule()`` returns the row that won. No
+check-then-insert race.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+from django.db import IntegrityError, transaction
+from django.utils import timezone
+
+from async_jobs.conf import jobs_database
+from async_jobs.functions import function_path
+from async_jobs.models import Job
+
+#: How often an insert that lost to a twin which then finished is tried again.
+_INSERT_TRIES = 3
+#: deschedule() passes: each one sees occurrences added by runs it waited for.
+_DESCHEDULE_PASSES = 10
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def identity(name: str, args: list, kwargs: dict) -> str:
+    """A call's identity: its function and arguments, however dicts are ordered."""
+    return _canonical([name, args, kwargs])
+
+
+def unique_key(
+    name: str, args: list, kwargs: dict, unique: bool | str | None
+) -> str | None:
+    """The digest that makes a job unique, or None if it isn't."""
+    if not unique:
+        return None
+    if unique is True:
+        source = identity(name, args, kwargs)
+    else:
+        source = _canonical([name, {"key": unique}])
+    return hashlib.sha256(source.encode()).hexdigest()
+
+
+def save_or_find_twin(job: Job, using: str) -> Job:
+    """Insert the job, unless a pending job with its unique key exists: return that."""
+    job.unique_key = unique_key(job.name, job.args, job.kwargs, job.meta.get("unique"))
+    if job.unique_key is None:
+        job.save(using=using, force_insert=True)
+        return job
+    for _ in range(_INSERT_TRIES):
+        try:
+            with transaction.atomic(using=using):
+                job.save(using=using, force_insert=True)
+            return job
+        except IntegrityError:
+            twin = (
+                Job.objects.using(using)
+                .filter(unique_key=job.unique_key, status=Job.Status.PENDING)
+                .first()
+            )
+            if twin is not None:
+                return twin
+            # The twin finished between our insert and our look: try again.
+    raise IntegrityError(
+        f"Could not schedule unique job {job.name}: its pending twin kept "
+        "changing. Try again."
+    )
+
+
+def deschedule(
+    function: str | Callable[..., Any],
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    *,
+    key: str | None = None,
+) -> int:
+    """Cancel the pending jobs that call ``function`` with these arguments.
+
+    With ``key``, cancel the pending unique job scheduled with
+    ``meta={"unique": key}`` instead. Runs in the caller's transaction; a job
+    running right now is waited for, and if it repeats, the occurrence it
+    scheduled is cancelled too. Returns how many jobs were cancelled.
+    """
+    from async_jobs.groups import jobs_settled
+    from async_jobs.scheduling import _check_arguments
+
+    name = function_path(function)
+    using = jobs_database()
+    pending = Job.objects.using(using).filter(name=name, status=Job.Status.PENDING)
+    if key is not None:
+        if args is not None or kwargs is not None:
+            raise TypeError("deschedule() takes either args/kwargs or key, not both.")
+        if not isinstance(key, str) or not key:
+            raise ValueError(f"key is {key!r}; it must be a non-empty string.")
+        pending = pending.filter(unique_key=unique_key(name, [], {}, key))
+        call = None
+    else:
+        args, kwargs = _check_arguments(args, kwargs)
+        call = identity(name, args, kwargs)
+    cancelled = 0
+    with transaction.atomic(using=using):
+        for _ in range(_DESCHEDULE_PASSES):
+            chosen = [
+                row
+                for row in pending.only("pk", "args", "kwargs", "group")
+                if call is None or identity(name, row.args, row.kwargs) == call
+            ]
+            if not chosen:
+                break
+            done = (
+                Job.objects.using(using)
+                .filter(pk__in=[row.pk for row in chosen], status=Job.Status.PENDING)
+                .update(status=Job.Status.CANCELLED, finished=timezone.now())
+            )
+            cancelled += done
+            jobs_settled((row.group_id for row in chosen), using)
+            if done == len(chosen):
+                # Nothing was running: no run can have added an occurrence.
+                break
+    return cancelled

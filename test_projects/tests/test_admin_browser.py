@@ -1,0 +1,141 @@
+"""The admin in a real headless Chromium: log in, filter failed jobs, run one again.
+
+Skipped only when Chromium or its driver is not installed (Debian: ``apt-get
+install chromium chromium-driver``; ``.ci/run`` installs them). Saves a
+screenshot to ``artifacts/admin_run_again.png`` (and of the job's page and the
+queue overview next to it).
+"""
+
+import os
+import shutil
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from django.urls import reverse
+
+from async_jobs import Job, schedule
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+WAIT = 15  # seconds, for any page or element
+
+pytestmark = [
+    pytest.mark.browser,
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.skipif(
+        not (CHROMIUM and CHROMEDRIVER),
+        reason="needs chromium and chromedriver (apt-get install chromium "
+        "chromium-driver)",
+    ),
+]
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    # Never let Selenium Manager look for a driver on the network.
+    monkeypatch.setenv("SE_OFFLINE", "true")
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in (
+        "--headless",
+        "--no-sandbox",  # as root, in a container
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1600,1000",
+        f"--user-data-dir={tmp_path / 'profile'}",
+    ):
+        options.add_argument(flag)
+    driver = webdriver.Chrome(
+        options=options,
+        service=Service(executable_path=CHROMEDRIVER, log_output=os.devnull),
+    )
+    driver.set_page_load_timeout(WAIT)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def failed_job(label: str) -> Job:
+    job = schedule("shop.tasks.write_then_fail", args=[label], meta={"max_attempts": 1})
+    with pytest.raises(RuntimeError):
+        job.execute()
+    return job
+
+
+def test_log_in_filter_failed_jobs_and_run_one_again(
+    live_server, browser, django_user_model
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.select import Select
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    django_user_model.objects.create_superuser("operator", password="s3cret-pass")
+    pending = schedule("shop.tasks.noop", run_after=timedelta(days=1))
+    first, second = failed_job("first"), failed_job("second")
+    wait = WebDriverWait(browser, WAIT)
+
+    browser.get(live_server.url + reverse("admin:login"))
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(seen.presence_of_element_located((By.ID, "user-tools")))
+
+    browser.get(live_server.url + reverse("admin:async_jobs_job_changelist"))
+    filters = browser.find_element(By.ID, "changelist-filter")
+    filters.find_element(By.LINK_TEXT, "Failed").click()
+    wait.until(seen.url_contains("status__exact=failed"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert len(rows) == 2
+    assert all("Failed" in row.text for row in rows)
+
+    browser.find_element(
+        By.CSS_SELECTOR, f"input.action-select[value='{second.pk}']"
+    ).click()
+    Select(browser.find_element(By.NAME, "action")).select_by_value("requeue_jobs")
+    browser.find_element(By.CSS_SELECTOR, "button[name=index]").click()
+    message = wait.until(
+        seen.presence_of_element_located((By.CSS_SELECTOR, "ul.messagelist li"))
+    )
+
+    assert message.text == "Queued again 1 job."
+    assert "status__exact=failed" in browser.current_url  # the filter stays
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "admin_run_again.png"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert [row.find_element(By.CSS_SELECTOR, "th a").text for row in rows] == [
+        str(first.pk)
+    ]
+    statuses = dict(Job.objects.values_list("pk", "status"))
+    assert statuses == {
+        pending.pk: Job.Status.PENDING,
+        first.pk: Job.Status.FAILED,
+        second.pk: Job.Status.PENDING,
+    }
+    assert Job.objects.get(pk=second.pk).errors.count() == 1
+
+    # The failed job's page shows its traceback; the overview its queue.
+    browser.find_element(By.LINK_TEXT, str(first.pk)).click()
+    traceback = wait.until(
+        seen.visibility_of_element_located(
+            (By.CSS_SELECTOR, "pre.async-jobs-traceback")
+        )
+    )
+    assert "RuntimeError: failed after writing first" in traceback.text
+    browser.execute_script("arguments[0].scrollIntoView()", traceback)
+    browser.save_screenshot(str(ARTIFACTS / "admin_job_detail.png"))
+    browser.get(live_server.url + reverse("admin:async_jobs_job_overview"))
+    table = browser.find_element(By.CSS_SELECTOR, ".async-jobs-overview-table")
+    assert "default" in table.text
+    browser.save_screenshot(str(ARTIFACTS / "admin_queue_overview.png"))

@@ -1,0 +1,139 @@
+"""A worker that dies, or loses its connection, mid-job loses nothing.
+
+The job's writes and its "succeeded" marker share one transaction, so a worker
+that never commits leaves the job exactly as it was: pending, unlocked, with no
+trace of the writes, and the next run completes it once.
+"""
+
+import signal
+
+import pytest
+from django.db import connection
+
+from async_jobs import Job, schedule
+
+from .conftest import (
+    assert_next_run_completes_it_once,
+    assert_session_ends,
+    assert_untouched,
+    finish,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
+
+
+def test_sigkill_mid_job_rolls_back_its_writes_and_the_next_run_completes_it(
+    start_manage, run_manage, on_postgres, tmp_path
+):
+    started, release = tmp_path / "started", tmp_path / "release"
+    job = schedule(
+        "shop.tasks.write_then_hold", args=["once", str(started), str(release)]
+    )
+    worker = start_manage("flush_queue")
+    wait_until(started.exists, "the job to write and announce itself", process=worker)
+
+    worker.send_signal(signal.SIGKILL)
+    code, _out, _err = finish(worker)
+
+    assert code == -signal.SIGKILL
+    if on_postgres:
+        # The server ends the dead client's session and rolls it back at once
+        # (the kernel closed the socket); no lease has to expire.
+        assert_session_ends(started)
+    assert_untouched(job)
+    assert_next_run_completes_it_once(job, run_manage, release)
+
+
+@pytest.mark.parametrize("where", ["between queries", "inside a query", "then raises"])
+def test_connection_terminated_mid_job_fails_the_run_and_keeps_the_job(
+    where, start_manage, run_manage, on_postgres, tmp_path
+):
+    if not on_postgres:
+        pytest.skip("pg_terminate_backend is PostgreSQL's")
+    started, release = tmp_path / "started", tmp_path / "release"
+    if where == "inside a query":
+        job = schedule("shop.tasks.write_then_query", args=["once", str(started), 60])
+    else:
+        function = (
+            "write_hold_then_fail" if where == "then raises" else "write_then_hold"
+        )
+        job = schedule(
+            f"shop.tasks.{function}", args=["once", str(started), str(release)]
+        )
+    worker = start_manage("flush_queue")
+    wait_until(started.exists, "the job to write and announce itself", process=worker)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [int(started.read_text())])
+    release.touch()  # the job goes on, and meets the dead connection
+    code, out, err = finish(worker, timeout=30)
+
+    assert code == 1
+    assert out == ""
+    assert "CommandError: Database 'default' failed during the run" in err
+    if where == "then raises":
+        # Its failure can't be recorded either: the savepoint is lost too.
+        assert (
+            f"Job {job.pk} raised RuntimeError: failed after holding once, and" in err
+        )
+        assert "could not be rolled back to before the job" in err
+    else:
+        assert "terminating connection due to administrator command" in err
+    assert "the running job was rolled back and stays pending" in err
+    assert "Traceback" not in err
+    assert_untouched(job)
+    if where == "inside a query":
+        job.args[2] = 0  # the next run need not sleep a minute
+        job.save(update_fields=["args"])
+    if where == "then raises":
+        # It fails again, and this time the failure is recorded, as attempt 1.
+        code, out, err = run_manage("flush_queue")
+        assert code == 0, err
+        assert out.strip().endswith("0 succeeded, 1 to retry, 0 failed.")
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.PENDING, 1)
+        assert job.errors.get().exception.endswith("failed after holding once")
+        return
+    assert_next_run_completes_it_once(job, run_manage, release)
+
+
+def test_the_documented_keepalive_settings_are_applied(run_manage, on_postgres):
+    """docs/guarantees.rst: what makes a lost worker machine's lock go in seconds."""
+    if not on_postgres:
+        pytest.skip("TCP keepalives are for PostgreSQL connections")
+    server = [
+        "tcp_keepalives_idle",
+        "tcp_keepalives_interval",
+        "tcp_keepalives_count",
+        "tcp_user_timeout",
+        "client_connection_check_interval",
+    ]
+    client = ["keepalives", "keepalives_idle", "keepalives_interval"]
+    client += ["keepalives_count", "tcp_user_timeout"]
+    job = schedule("shop.tasks.connection_settings", args=[client, server])
+
+    code, _out, err = run_manage(
+        "flush_queue", "--settings=testproject.keepalive_settings"
+    )
+
+    assert code == 0, err
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED, job.errors.get().traceback
+    assert job.result == {
+        "client": {
+            "keepalives": "1",
+            "keepalives_idle": "10",
+            "keepalives_interval": "5",
+            "keepalives_count": "3",
+            "tcp_user_timeout": "25000",
+        },
+        # Set by this connection ("client"), not by the server's configuration.
+        "server": {
+            "tcp_keepalives_idle": "10s from client",
+            "tcp_keepalives_interval": "5s from client",
+            "tcp_keepalives_count": "3 from client",
+            "tcp_user_timeout": "25000ms from client",
+            "client_connection_check_interval": "5000ms from client",
+        },
+    }
