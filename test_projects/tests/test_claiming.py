@@ -6,7 +6,7 @@ import pytest
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
 
-from async_jobs import Job, schedule
+from async_jobs import Job, schedule, schedule_many
 from async_jobs.claiming import claim, claim_transaction
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -58,17 +58,27 @@ def plan_nodes(plan: dict):
         yield from plan_nodes(child)
 
 
+@pytest.mark.parametrize(
+    "analyzed", ["after", "before"], ids=["busy table", "burst after a quiet spell"]
+)
 @pytest.mark.parametrize("queues", [(), ("a",), ("a", "b")])
-def test_every_claim_query_uses_the_claim_index(postgres_only, queues):
-    # Many finished jobs and a few pending ones: what a busy site's table holds.
+def test_every_claim_query_uses_the_claim_index(postgres_only, queues, analyzed):
+    # What a busy site's table holds: many finished jobs and a backlog. Or a
+    # backlog newer than the statistics, which say that no job is pending: the
+    # planner must still find no other index of pending jobs to prefer (as it
+    # did the (status, finished) index when that held the pending jobs too).
     Job.objects.bulk_create(
         Job(name="shop.tasks.noop", queue="ab"[n % 2], status=Job.Status.SUCCEEDED)
         for n in range(5000)
     )
-    for n in range(20):
-        schedule("shop.tasks.record", args=[str(n)], meta={"queue": "ab"[n % 2]})
-    with connection.cursor() as cursor:
-        cursor.execute("ANALYZE async_jobs_job")
+    if analyzed == "before":
+        analyze()
+    schedule_many(
+        {"function": "shop.tasks.record", "args": [str(n)], "meta": {"queue": q}}
+        for n, q in enumerate("ab" * 500)
+    )
+    if analyzed == "after":
+        analyze()
 
     with CaptureQueriesContext(connection) as queries:
         assert len(claimed(queues)) == 1
@@ -86,6 +96,11 @@ def test_every_claim_query_uses_the_claim_index(postgres_only, queues):
             [scan] = locking["Plans"]
             assert scan["Node Type"] == "Index Scan", sql
             assert scan["Index Name"] == "async_jobs_job_claim_idx", sql
+
+
+def analyze() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE async_jobs_job")
 
 
 def explain(sql: str) -> list[dict]:
