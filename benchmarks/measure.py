@@ -54,14 +54,18 @@ def calls(kind: str, count: int, tag: str) -> list[tuple[str, list]]:
     return [(FUNCTIONS[kind], [f"{tag}-{n}"]) for n in range(count)]
 
 
+#: Emptied between runs; in this order, so that SQLite's foreign keys allow it.
+TABLES = ("async_jobs_error", "async_jobs_group", "async_jobs_job", "shop_mark")
+
+
 def clear() -> None:
     from django.db import connection
 
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
-            cursor.execute("TRUNCATE async_jobs_error, async_jobs_job, shop_mark")
+            cursor.execute(f"TRUNCATE {', '.join(TABLES)}")
         else:
-            for table in ("async_jobs_error", "async_jobs_job", "shop_mark"):
+            for table in TABLES:
                 cursor.execute(f"DELETE FROM {table}")
 
 
