@@ -3,9 +3,9 @@
 from typing import Any
 
 from async_jobs.decorators import job
-from async_jobs.scheduling import schedule
+from async_jobs.scheduling import schedule, schedule_many
 
-__all__ = ["Error", "Group", "Job", "deschedule", "job", "schedule"]
+__all__ = ["Error", "Group", "Job", "deschedule", "job", "schedule", "schedule_many"]
 
 
 def __getattr__(name: str) -> Any:

@@ -34,6 +34,8 @@ DEFAULTS = {
     "BACKOFF_MAX": 3600,
     "BACKOFF_JITTER": 0.25,
     "ALLOWED_MODULES": None,
+    "BATCH_SIZE": 1,
+    "POLL_INTERVAL": 1.0,
     # A dict given in the setting is merged over this one.
     "PRUNE_AFTER": PRUNE_AFTER_DEFAULTS,
 }
@@ -48,6 +50,8 @@ class JobsSettings:
     backoff_max: float
     backoff_jitter: float
     allowed_modules: tuple[str, ...] | None
+    batch_size: int
+    poll_interval: float
     prune_after: dict[str, timedelta | None]
 
 
@@ -153,6 +157,27 @@ def problems(raw: object) -> list[str]:
             f"not {value['ALLOWED_MODULES']!r}."
         )
     found.extend(_prune_after_problems(value["PRUNE_AFTER"]))
+    found.extend(_worker_problems(value))
+    return found
+
+
+def _worker_problems(value: dict) -> list[str]:
+    found = []
+    batch_size = value["BATCH_SIZE"]
+    if (
+        not isinstance(batch_size, int)
+        or isinstance(batch_size, bool)
+        or batch_size < 1
+    ):
+        found.append(
+            "ASYNC_JOBS['BATCH_SIZE'] must be an integer of at least 1 (jobs per "
+            f"worker transaction), not {batch_size!r}."
+        )
+    if not _is_number(value["POLL_INTERVAL"]) or value["POLL_INTERVAL"] <= 0:
+        found.append(
+            "ASYNC_JOBS['POLL_INTERVAL'] must be a number of seconds > 0, "
+            f"not {value['POLL_INTERVAL']!r}."
+        )
     return found
 
 
@@ -176,6 +201,8 @@ def jobs_settings() -> JobsSettings:
             if value["ALLOWED_MODULES"] is None
             else tuple(value["ALLOWED_MODULES"])
         ),
+        batch_size=value["BATCH_SIZE"],
+        poll_interval=value["POLL_INTERVAL"],
         prune_after={
             status: _as_age(age)
             for status, age in {**PRUNE_AFTER_DEFAULTS, **value["PRUNE_AFTER"]}.items()

@@ -16,7 +16,7 @@ the completion job, in the same transaction that records its job's outcome.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -26,6 +26,7 @@ from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
 from async_jobs.models import Group, Job
+from async_jobs.notifications import notify_on_commit
 
 #: ``run_after`` of a completion job whose group has not finished yet.
 HELD = datetime(9999, 1, 1, tzinfo=UTC)
@@ -88,16 +89,23 @@ def _lock_open_group(reference: str, using: str) -> Group:
     return group
 
 
+def _lock_open_groups(references: Iterable[str], using: str) -> dict[str, Group]:
+    """The open groups with these references, created if needed, row-locked.
+
+    In a fixed order, so two transactions locking groups can't deadlock.
+    """
+    return {
+        reference: _lock_open_group(reference, using)
+        for reference in sorted(set(references))
+    }
+
+
 def save_in_group(job: Job, using: str) -> None:
     """Insert a job that joins and/or completes a group, under the group locks."""
     member_of = job.meta.get("group")
     completes = job.meta.get("completes")
     with transaction.atomic(using=using):
-        # A fixed lock order, so two such jobs can't deadlock each other.
-        locked = {
-            reference: _lock_open_group(reference, using)
-            for reference in sorted({member_of, completes} - {None})
-        }
+        locked = _lock_open_groups({member_of, completes} - {None}, using)
         if member_of is not None:
             job.group = locked[member_of]
         if completes is not None:
@@ -112,6 +120,20 @@ def save_in_group(job: Job, using: str) -> None:
             group.completion = job
             group.save(using=using, update_fields=["completion"])
             _close_if_finished(group, using)
+
+
+def join_open_groups(jobs: Sequence[Job], using: str) -> None:
+    """Put the jobs that have ``meta['group']`` in its open group.
+
+    The groups stay locked until the transaction ends: it must be the one that
+    inserts the jobs, so no group can close before they are in it.
+    """
+    locked = _lock_open_groups(
+        (job.meta["group"] for job in jobs if "group" in job.meta), using
+    )
+    for job in jobs:
+        if "group" in job.meta:
+            job.group = locked[job.meta["group"]]
 
 
 def jobs_settled(group_ids: Iterable[int | None], using: str) -> None:
@@ -149,6 +171,8 @@ def _close_if_finished(group: Group, using: str) -> None:
     group.finished = timezone.now()
     group.save(using=using, update_fields=["finished"])
     if group.completion_id is not None:
-        Job.objects.using(using).filter(
+        released = Job.objects.using(using).filter(
             pk=group.completion_id, status=Job.Status.PENDING
-        ).update(run_after=group.finished)
+        )
+        if released.update(run_after=group.finished):
+            notify_on_commit(using, released.only("queue", "run_after"))

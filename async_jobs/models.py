@@ -65,23 +65,30 @@ class Job(models.Model):
     class Meta:
         constraints = [
             # Race-free unique jobs: a second pending twin can't be inserted.
+            # Only unique jobs are in it (see the claim index below).
             models.UniqueConstraint(
                 fields=["unique_key"],
-                condition=Q(status="pending"),
+                condition=Q(status="pending", unique_key__isnull=False),
                 name="async_jobs_job_unique_pending",
             ),
         ]
         indexes = [
             # Serves the claim query: due pending jobs of some queues, best first.
+            # It must be the only index of pending jobs: with stale statistics
+            # (a backlog newer than the last ANALYZE) the planner might claim
+            # through another, and sort every pending job for each claim.
             models.Index(
                 fields=["queue", "-priority", "run_after", "id"],
                 condition=Q(status="pending"),
                 name="async_jobs_job_claim_idx",
             ),
             # Serves pruning (finished jobs of a status, oldest first), the
-            # failures of the last hour and the admin's status filter.
+            # failures of the last hour and the admin's status filter: finished
+            # jobs only.
             models.Index(
-                fields=["status", "finished"], name="async_jobs_job_finished_idx"
+                fields=["status", "finished"],
+                condition=~Q(status="pending"),
+                name="async_jobs_job_finished_idx",
             ),
         ]
 

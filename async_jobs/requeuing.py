@@ -24,6 +24,7 @@ from django.utils import timezone
 from async_jobs.conf import jobs_database
 from async_jobs.groups import held
 from async_jobs.models import Group, Job
+from async_jobs.notifications import notify_on_commit
 
 #: The statuses a job can be run again from.
 REQUEUABLE = (Job.Status.FAILED, Job.Status.CANCELLED)
@@ -45,7 +46,7 @@ def requeue(job: Job) -> None:
         locked = (
             Job.objects.using(using)
             .select_for_update()
-            .only("status", "meta", "group_id")
+            .only("status", "meta", "group_id", "queue")
             .filter(pk=job.pk)
             .first()
         )
@@ -89,6 +90,9 @@ def requeue(job: Job) -> None:
                 f"Job {job.pk} is unique and job {twin} with the same key is "
                 "pending; it can run again once that one has run."
             ) from None
+        if not held:
+            locked.run_after = changes["run_after"]
+            notify_on_commit(using, [locked])
     for field, value in changes.items():
         setattr(job, field, value)
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
 from async_jobs.functions import function_path, resolve
+from async_jobs.notifications import notify_on_commit
 from async_jobs.recurrence import (
     REPEAT_RULE,
     check_repeat,
@@ -24,6 +25,12 @@ from async_jobs.signals import job_scheduled
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
+
+#: One job or a list of them, as saved by ``save_job()`` or ``save_jobs()``.
+Saved = TypeVar("Saved", "Job", "list[Job]")
+
+#: The keys of a call given to ``schedule_many()``: ``schedule()``'s arguments.
+SCHEDULE_ARGUMENTS = ("function", "args", "kwargs", "run_after", "meta")
 
 META_KEYS = {
     "priority": "an int from -100 to 100, higher runs first (default 0)",
@@ -195,15 +202,83 @@ def schedule(
     ``transaction.atomic()`` it commits or rolls back with the caller's writes.
     With ``meta["unique"]``, a pending twin is returned instead of a new job.
     """
+    job = build_job(function, args, kwargs, run_after, meta)
+    return _insert(job, jobs_database(), save_job)
+
+
+#: What ``schedule_many()`` can't do in one INSERT, and why.
+_ONE_AT_A_TIME = {
+    "unique": "a unique job may turn out to be its pending twin instead",
+    "completes": "a group's completion job is tied to its group on its own",
+}
+
+
+def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
+    """Schedule many calls with one INSERT; each is a dict of schedule()'s arguments.
+
+    ``{"function": ..., "args": ..., "kwargs": ..., "run_after": ..., "meta": ...}``,
+    ``function`` required. Every call is checked before any row is written, so
+    one bad call schedules nothing; its error names its index. The rows join
+    the caller's transaction exactly as ``schedule()``'s do. ``meta["unique"]``
+    and ``meta["completes"]`` need ``schedule()``.
+    """
+    jobs, resolved = [], set()
+    for index, call in enumerate(calls):
+        where = f"calls[{index}]"
+        if not isinstance(call, Mapping):
+            raise TypeError(
+                f"{where} must be a dict of schedule()'s arguments, not "
+                f"{type(call).__name__}."
+            )
+        unknown = sorted(set(call) - set(SCHEDULE_ARGUMENTS), key=str)
+        if unknown:
+            raise TypeError(
+                f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed: {', '.join(SCHEDULE_ARGUMENTS)}."
+            )
+        if "function" not in call:
+            raise TypeError(f"{where} has no 'function'.")
+        try:
+            job = build_job(**call, resolved=resolved)
+        except (TypeError, ValueError, ImportError) as exc:
+            raise type(exc)(f"{where}: {exc}") from exc
+        for key, reason in _ONE_AT_A_TIME.items():
+            if key in job.meta:
+                raise ValueError(
+                    f"{where}: meta[{key!r}] needs schedule(), not schedule_many(): "
+                    f"{reason}."
+                )
+        jobs.append(job)
+    if jobs:
+        _insert(jobs, jobs_database(), save_jobs)
+    return jobs
+
+
+def build_job(
+    function: str | Callable[..., Any],
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
+    run_after: datetime | timedelta | None = None,
+    meta: Mapping[str, Any] | None = None,
+    *,
+    resolved: set[str] | None = None,
+) -> Job:
+    """Check schedule()'s arguments and return the unsaved ``Job`` they make.
+
+    ``resolved``: dotted paths already checked by this caller, to skip.
+    """
     from async_jobs.models import Job
 
     config = jobs_settings()
     name = function_path(function)
-    resolve(name)
+    if resolved is None or name not in resolved:
+        resolve(name)
+        if resolved is not None:
+            resolved.add(name)
     args, kwargs = _check_arguments(args, kwargs)
     when = resolve_run_after(run_after)
     meta = validate_meta(meta, config)
-    job = Job(
+    return Job(
         name=name,
         args=args,
         kwargs=kwargs,
@@ -213,7 +288,6 @@ def schedule(
         run_after=_first_run_after(meta, run_after, when),
         max_attempts=meta.get("max_attempts", config.max_attempts),
     )
-    return _insert(job, jobs_database())
 
 
 def _first_run_after(
@@ -229,7 +303,11 @@ def _first_run_after(
 
 
 def save_job(job: Job, using: str) -> Job:
-    """Write a new job, or find its pending unique twin; signal a new one."""
+    """Write a new job, or find its pending unique twin; announce a new one.
+
+    Every path that inserts a job goes through here (or ``save_jobs()``), so
+    workers are woken and ``job_scheduled`` is sent for each.
+    """
     from async_jobs.groups import save_in_group
     from async_jobs.uniqueness import save_or_find_twin
 
@@ -239,16 +317,45 @@ def save_job(job: Job, using: str) -> Job:
     else:
         saved = save_or_find_twin(job, using)
     if saved is job:
-        transaction.on_commit(
-            lambda: job_scheduled.send(sender=type(job), job=job),
-            using=using,
-            robust=True,  # the job is committed: a receiver's error can't undo it
-        )
+        _announce([job], using)
     return saved
 
 
-def _insert(job: Job, using: str) -> Job:
-    """Insert in the caller's transaction, or after it when that is elsewhere."""
+def save_jobs(jobs: list[Job], using: str) -> list[Job]:
+    """Write new jobs with one INSERT; announce them.
+
+    Jobs that join a group take its lock first, as ``save()`` of one does.
+    """
+    from async_jobs.groups import join_open_groups
+    from async_jobs.models import Job
+
+    if any("group" in job.meta for job in jobs):
+        with transaction.atomic(using=using):
+            join_open_groups(jobs, using)
+            Job.objects.using(using).bulk_create(jobs)
+    else:
+        Job.objects.using(using).bulk_create(jobs)
+    _announce(jobs, using)
+    return jobs
+
+
+def _announce(jobs: list[Job], using: str) -> None:
+    """Once the transaction commits: wake workers, then send ``job_scheduled``."""
+    from async_jobs.models import Job
+
+    notify_on_commit(using, jobs)
+    for job in jobs:
+        transaction.on_commit(
+            # A lambda, not a partial: Django logs a robust hook's __qualname__.
+            lambda job=job: job_scheduled.send(sender=Job, job=job),
+            using=using,
+            robust=True,  # the job is committed: a receiver's error can't undo it
+        )
+
+
+def _insert(jobs: Saved, using: str, save: Callable[[Saved, str], Saved]) -> Saved:
+    """``save(jobs, using)`` in the caller's transaction, or after it when that
+    is on another database."""
     caller = connections[DEFAULT_DB_ALIAS]
     if (
         using != DEFAULT_DB_ALIAS
@@ -257,6 +364,6 @@ def _insert(job: Job, using: str) -> Job:
     ):
         # The caller's transaction is on another database: a row written now
         # would survive its rollback, so write it only once that commits.
-        transaction.on_commit(lambda: save_job(job, using), using=DEFAULT_DB_ALIAS)
-        return job
-    return save_job(job, using)
+        transaction.on_commit(lambda: save(jobs, using), using=DEFAULT_DB_ALIAS)
+        return jobs
+    return save(jobs, using)

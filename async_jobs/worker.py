@@ -1,22 +1,44 @@
-"""The worker: claim a due job, run it, repeat until told to stop.
+"""The worker: claim due jobs, run them, repeat until told to stop.
 
-``flush_queue`` drives it. Each job gets its own transaction (see
-``claiming.py`` for the lock, ``execution.py`` for the bookkeeping).
+``flush_queue`` drives it. Jobs are claimed ``batch_size`` at a time (1 by
+default) and a batch runs in one transaction, each job in a savepoint of its
+own (see ``claiming.py`` for the lock, ``execution.py`` for the bookkeeping).
+
+``run()`` stops when nothing is due. ``loop()`` then waits instead: for a
+notification (PostgreSQL, see ``notifications.py``), for the next
+``run_after`` it knows of, or for its poll interval; and when the database
+connection breaks it logs it and reconnects, with growing pauses.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 import os
+import select
 import signal
+import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
+from django.db import Error, connections
+
 from async_jobs.claiming import claim, claim_transaction
-from async_jobs.execution import Outcome, run_claimed
+from async_jobs.execution import Outcome, run_claimed_jobs
+from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
+
+logger = logging.getLogger("async_jobs")
+
+#: A batch starts no new job once it has run this long (seconds): the jobs it
+#: claimed but has not started are locked away from other workers meanwhile.
+BATCH_TIME_LIMIT = 1.0
+#: Pauses before reconnecting after a database failure: doubling, capped.
+RECONNECT_FIRST_PAUSE = 0.1
+RECONNECT_MAX_PAUSE = 10.0
 
 
 class WorkerAborted(KeyboardInterrupt):
@@ -28,44 +50,209 @@ class WorkerAborted(KeyboardInterrupt):
     """
 
 
+def what_failed(exc: BaseException) -> str:
+    """What led to ``exc``, first cause first.
+
+    A lost connection often raises twice: the job's query meets the server's
+    "terminating connection", then Django's attempt to reconnect is refused.
+    Both are worth a line in the operator's mail.
+    """
+    messages: list[str] = []
+    link: BaseException | None = exc
+    while link is not None and len(messages) < 5:
+        message = " ".join(str(link).split()) or type(link).__name__
+        if message not in messages:
+            messages.insert(0, message)
+        link = link.__cause__ or link.__context__
+    return ", then: ".join(messages)
+
+
 @dataclass
 class Worker:
     using: str
     queues: Sequence[str] = ()
     max_jobs: int | None = None
+    batch_size: int = 1
+    max_seconds: float | None = None
     on_outcome: Callable[[Outcome], None] | None = None
     counts: Counter = field(default_factory=Counter)
     stop_requested: bool = False
     started: float = field(default_factory=time.monotonic)
+    # loop() only: when the next job it knows of is due (monotonic clock), when
+    # it last looked for due jobs, and the socket pair a stop request wakes.
+    next_due: float = math.inf
+    last_claim: float = -math.inf
+    _waker: tuple[socket.socket, socket.socket] | None = None
 
     @property
     def processed(self) -> int:
         return self.counts.total()
 
+    @property
+    def deadline(self) -> float:
+        if self.max_seconds is None:
+            return math.inf
+        return self.started + self.max_seconds
+
+    def may_continue(self) -> bool:
+        return (
+            not self.stop_requested
+            and (self.max_jobs is None or self.processed < self.max_jobs)
+            and time.monotonic() < self.deadline
+        )
+
+    def request_stop(self) -> None:
+        """Finish the running job, then stop; wakes a waiting ``loop()``."""
+        self.stop_requested = True
+        if self._waker is not None:
+            with suppress(OSError):
+                self._waker[1].send(b"\0")
+
     def run(self) -> Counter:
-        """Run due jobs until none is left, ``max_jobs`` ran, or a stop."""
-        while not self.stop_requested and (
-            self.max_jobs is None or self.processed < self.max_jobs
-        ):
-            if not self.run_one():
-                break
+        """Run due jobs until none is left, ``max_jobs`` ran, time is up or a stop."""
+        while self.may_continue() and self.run_batch():
+            pass
         return self.counts
 
-    def run_one(self) -> bool:
-        """Claim and run one due job; False when none was due."""
+    def run_batch(self) -> bool:
+        """Claim due jobs and run them in one transaction; False when none was due."""
+        limit = self.batch_size
+        if self.max_jobs is not None:
+            limit = min(limit, self.max_jobs - self.processed)
+        self.last_claim = time.monotonic()
         with claim_transaction(self.using):
             if self.stop_requested:
                 # Asked while waiting for SQLite's write lock, which keeps a
                 # signal handler from running until it is granted.
                 return False
-            jobs = claim(self.using, self.queues, limit=1)
-            if not jobs:
-                return False
-            outcome = run_claimed(jobs[0], self.using)
+            jobs = claim(self.using, self.queues, limit=limit)
+            # Claimed jobs the batch stops before are released, untouched.
+            outcomes = run_claimed_jobs(jobs, self.using, self._batch_may_continue)
+        for outcome in outcomes:
+            self._count(outcome)
+        return bool(jobs)
+
+    def _batch_may_continue(self) -> bool:
+        return (
+            not self.stop_requested
+            and time.monotonic() - self.last_claim < BATCH_TIME_LIMIT
+            and time.monotonic() < self.deadline
+        )
+
+    def _count(self, outcome: Outcome) -> None:
         self.counts[outcome.status] += 1
+        if outcome.status == Outcome.RETRY:
+            self._expect(outcome.job.run_after.timestamp() - time.time())
         if self.on_outcome is not None:
             self.on_outcome(outcome)
-        return True
+
+    def _expect(self, delay: float) -> None:
+        self.next_due = min(self.next_due, time.monotonic() + delay)
+
+    def loop(self, sleep: float) -> Counter:
+        """Run jobs as they fall due until a stop, ``max_jobs`` or ``max_seconds``.
+
+        Looks for due jobs at least every ``sleep`` seconds; on PostgreSQL a
+        notification wakes it as soon as a transaction schedules one.
+        """
+        listener = Listener(self.using) if listens(self.using) else None
+        failures = 0
+        with self._waking():
+            try:
+                while self.may_continue():
+                    try:
+                        if listener is not None:
+                            if not listener.connected:
+                                listener.connect()
+                            self._heed(listener.receive())  # drained while busy too
+                        if not self.run_batch():
+                            self._wait(listener, sleep)
+                        failures = 0
+                    except ListenerLost as exc:
+                        logger.warning(
+                            "Lost the LISTEN connection to %r (%s); reconnecting.",
+                            self.using,
+                            exc,
+                        )
+                        listener.close()
+                    except Error as exc:
+                        failures += 1
+                        pause = min(
+                            RECONNECT_MAX_PAUSE,
+                            RECONNECT_FIRST_PAUSE * 2 ** (failures - 1),
+                        )
+                        logger.error(
+                            "Database %r failed (%s); the jobs in flight were rolled "
+                            "back and stay pending. Reconnecting in %.1fs.",
+                            self.using,
+                            what_failed(exc),
+                            pause,
+                        )
+                        self._disconnect(listener)
+                        self._pause(pause)
+            finally:
+                if listener is not None:
+                    listener.close()
+        return self.counts
+
+    def _wait(self, listener: Listener | None, sleep: float) -> None:
+        """Return when a job may be due: announced, expected, or time to poll."""
+        if self.next_due <= self.last_claim:
+            self.next_due = math.inf  # looked for already
+        poll = time.monotonic() + sleep
+        while self.may_continue():
+            now = time.monotonic()
+            until = min(poll, self.next_due, self.deadline)
+            if until <= now:
+                if listener is not None and now >= poll:
+                    listener.check()  # a silently broken connection shows no data
+                return
+            if self._sleep(until - now, listener) and self._heed(listener.receive()):
+                return
+
+    def _heed(self, wakeups: Iterable[Wakeup]) -> bool:
+        """Note the announced jobs this worker runs; True if one is due now."""
+        due = False
+        for wakeup in wakeups:
+            if wakeup.concerns(self.queues):
+                delay = wakeup.delay()
+                if delay <= 0:
+                    due = True
+                else:
+                    self._expect(delay)
+        return due
+
+    def _sleep(self, seconds: float, listener: Listener | None = None) -> bool:
+        """Sleep until a stop request, or data on the listener: True for the latter."""
+        waker = self._waker[0]
+        watched = [waker] if listener is None else [waker, listener.fileno()]
+        readable, _, _ = select.select(watched, [], [], max(0.0, seconds))
+        if waker in readable:
+            with suppress(OSError):
+                waker.recv(4096)
+        return listener is not None and listener.fileno() in readable
+
+    def _pause(self, seconds: float) -> None:
+        self._sleep(min(seconds, self.deadline - time.monotonic()))
+
+    def _disconnect(self, listener: Listener | None) -> None:
+        """Drop both connections; the next attempt opens fresh ones."""
+        if listener is not None:
+            listener.close()
+        with suppress(Error):
+            connections[self.using].close()
+
+    @contextmanager
+    def _waking(self) -> Iterator[None]:
+        self._waker = socket.socketpair()
+        for end in self._waker:
+            end.setblocking(False)
+        try:
+            yield
+        finally:
+            waker, self._waker = self._waker, None
+            for end in waker:
+                end.close()
 
     def summary(self) -> str:
         elapsed = time.monotonic() - self.started
@@ -100,7 +287,7 @@ def stop_on_signals(worker: Worker) -> Iterator[None]:
         name = signal.Signals(signum).name
         if worker.stop_requested:
             raise WorkerAborted(f"aborted by a second {name}")
-        worker.stop_requested = True
+        worker.request_stop()
         _say(
             f"{name} received: stopping after the running job; {name} again aborts it."
         )

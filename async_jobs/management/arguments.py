@@ -22,3 +22,10 @@ def add_queue_option(parser: CommandParser, help: str) -> None:
         metavar="NAME",
         help=help,
     )
+
+
+def positive_seconds(value: str) -> float:
+    number = float(value)
+    if not 0 < number < float("inf"):
+        raise ValueError(value)
+    return number

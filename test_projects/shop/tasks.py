@@ -125,6 +125,33 @@ class NotAFunction:
     pass
 
 
+def record_then_sleep(label: str, started_file: str, seconds: float) -> str:
+    """Write a Mark, then create ``started_file`` (so a test sees the job is
+    running, which its uncommitted writes can't show) and sleep."""
+    Mark.objects.create(label=label)
+    Path(started_file).touch()
+    time.sleep(seconds)
+    return label
+
+
+_CYCLE: list = ["ok"]
+_CYCLE.append(_CYCLE)
+
+UNSTORABLE = {
+    "nul": ["ok", {"k": "a\x00b"}],
+    "surrogate": {"\ud800": 1},
+    "large float": {"total": 1e23},
+    "cycle": _CYCLE,
+}
+
+
+def write_then_return_unstorable(label: str, kind: str):
+    """Return what JSON (or PostgreSQL's jsonb) would not give back unchanged,
+    and so can't be an argument either."""
+    Mark.objects.create(label=label)
+    return UNSTORABLE[kind]
+
+
 def write_then_wait(label: str, flag: str, limit: float = 30) -> str:
     """Write, say so in ``flag + '.started'``, then wait while ``flag`` exists."""
     Mark.objects.create(label=label)

@@ -3,33 +3,22 @@ from __future__ import annotations
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError
 
+from async_jobs.conf import jobs_settings
 from async_jobs.execution import Outcome
-from async_jobs.management.arguments import add_queue_option, positive_int
+from async_jobs.management.arguments import (
+    add_queue_option,
+    positive_int,
+    positive_seconds,
+)
 from async_jobs.management.preflight import ready_database
-from async_jobs.worker import Worker, WorkerAborted, stop_on_signals
-
-
-def what_failed(exc: BaseException) -> str:
-    """What led to ``exc``, first cause first.
-
-    A lost connection often raises twice: the job's query meets the server's
-    "terminating connection", then Django's attempt to reconnect is refused.
-    Both are worth a line in the operator's mail.
-    """
-    messages: list[str] = []
-    link: BaseException | None = exc
-    while link is not None and len(messages) < 5:
-        message = " ".join(str(link).split()) or type(link).__name__
-        if message not in messages:
-            messages.insert(0, message)
-        link = link.__cause__ or link.__context__
-    return ", then: ".join(messages)
+from async_jobs.notifications import listens
+from async_jobs.worker import Worker, WorkerAborted, stop_on_signals, what_failed
 
 
 class Command(BaseCommand):
     help = (
-        "Run the jobs that are due, each in its own transaction, then exit. "
-        "Run it from cron, or as a worker."
+        "Run the jobs that are due, each in its own transaction, then exit "
+        "(from cron); with --loop, keep running jobs as they fall due (a worker)."
     )
     # Run by ready_database() in handle(), after the database check.
     requires_system_checks = []
@@ -44,18 +33,68 @@ class Command(BaseCommand):
         add_queue_option(
             parser, "Only run jobs of this queue (repeat for several). Default: all."
         )
+        parser.add_argument(
+            "--loop",
+            action="store_true",
+            help="Keep running: wait for new jobs instead of exiting when none is "
+            "due. Reconnects when the database connection breaks.",
+        )
+        parser.add_argument(
+            "--sleep",
+            type=positive_seconds,
+            metavar="SECONDS",
+            help="With --loop, look for due jobs at least this often (default: "
+            "ASYNC_JOBS['POLL_INTERVAL'], 1). On PostgreSQL a notification wakes "
+            "the worker at once; on SQLite this is the only wake-up.",
+        )
+        parser.add_argument(
+            "--max-seconds",
+            type=positive_seconds,
+            metavar="SECONDS",
+            help="Start no job after this many seconds; finish the running one, "
+            "then exit.",
+        )
+        parser.add_argument(
+            "--batch",
+            type=positive_int,
+            metavar="K",
+            help="Run up to K jobs per transaction, each in its own savepoint "
+            "(default: ASYNC_JOBS['BATCH_SIZE'], 1). Faster commits, but a crash "
+            "re-runs the whole batch; see the docs.",
+        )
 
-    def handle(self, *, jobs: int | None, queues: list[str], **options) -> None:
+    def handle(
+        self,
+        *,
+        jobs: int | None,
+        queues: list[str],
+        loop: bool,
+        sleep: float | None,
+        max_seconds: float | None,
+        batch: int | None,
+        **options,
+    ) -> None:
+        if sleep is not None and not loop:
+            raise CommandError("--sleep only applies with --loop.")
         using = ready_database(self, queues)
+        config = jobs_settings()
         worker = Worker(
             using=using,
             queues=queues,
             max_jobs=jobs,
+            batch_size=batch or config.batch_size,
+            max_seconds=max_seconds,
             on_outcome=self.report if options["verbosity"] >= 2 else None,
         )
         try:
             with stop_on_signals(worker):
-                worker.run()
+                if loop:
+                    sleep = sleep or config.poll_interval
+                    if options["verbosity"] >= 1:
+                        self.announce(worker, sleep)
+                    worker.loop(sleep)
+                else:
+                    worker.run()
         except WorkerAborted as exc:
             raise CommandError(
                 f"{exc}: the running job was rolled back and stays pending. "
@@ -69,6 +108,16 @@ class Command(BaseCommand):
             ) from exc
         self.stdout.write(worker.summary())
 
+    def announce(self, worker: Worker, sleep: float) -> None:
+        """Say that the worker is up, and how it learns of new jobs."""
+        woken = "woken by NOTIFY, " if listens(worker.using) else ""
+        self.stdout.write(
+            f"Waiting for jobs in database {worker.using!r} "
+            f"(queues: {', '.join(worker.queues) or 'all'}; batch "
+            f"{worker.batch_size}; {woken}polling every {sleep:g}s)."
+        )
+        self.stdout.flush()
+
     def report(self, outcome: Outcome) -> None:
         job = outcome.job
         line = (
@@ -78,3 +127,4 @@ class Command(BaseCommand):
         if outcome.exception is not None:
             line += f": {type(outcome.exception).__name__}: {outcome.exception}"
         self.stdout.write(line)
+        self.stdout.flush()  # a --loop worker's log should not lag

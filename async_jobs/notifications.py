@@ -1,0 +1,227 @@
+"""Waking idle workers the moment jobs commit: PostgreSQL's LISTEN/NOTIFY.
+
+Scheduling side: a transaction that made jobs due (scheduled them, or a
+series' next occurrence, a group's completion job released, a job run again)
+sends one ``NOTIFY`` once it has committed, however many jobs it made due,
+carrying their queues and the earliest ``run_after`` among them. It is sent
+from ``transaction.on_commit``, not inside the transaction: a transaction
+that notifies takes a database-wide lock from its commit until it is durable
+(PostgreSQL orders notifications that way), so notifying inside it would
+serialise the commits of every request that schedules a job. On its own,
+after the commit, a ``NOTIFY`` costs one round trip and no disk flush. If the
+process dies between the commit and the ``NOTIFY``, workers find the job at
+their next poll.
+
+Worker side: ``Listener`` holds a connection of its own that ``LISTEN``\\s, so
+the worker's connection stays free for its transactions and can be dropped and
+re-opened without missing a notification for long.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+from weakref import WeakKeyDictionary
+
+from django.db import DatabaseError, OperationalError, connections, transaction
+
+if TYPE_CHECKING:
+    from async_jobs.models import Job
+
+logger = logging.getLogger("async_jobs")
+
+#: NOTIFY payloads are limited to 8000 bytes; past this, name no queues.
+MAX_PAYLOAD = 7000
+
+
+def channel() -> str:
+    """The channel jobs are announced on: the jobs table's name."""
+    from async_jobs.models import Job
+
+    return Job._meta.db_table
+
+
+def listens(using: str) -> bool:
+    """Whether workers on this database can be woken by notifications."""
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return False
+    from django.db.backends.postgresql.psycopg_any import is_psycopg3
+
+    return is_psycopg3
+
+
+class _Announcement:
+    """The NOTIFY one transaction owes, gathered over the jobs it made due."""
+
+    def __init__(self, using: str, hooks: object) -> None:
+        self.using = using
+        # The list Django keeps this transaction's on_commit hooks in: a new
+        # list after a commit or rollback (or a savepoint rollback).
+        self.hooks = hooks
+        self.queues: set[str] = set()
+        self.earliest: float = math.inf
+        self.sent = False
+        # One made later in the same transaction, after a savepoint rollback.
+        self.successor: _Announcement | None = None
+
+    def add(self, jobs: Iterable[Job]) -> None:
+        for job in jobs:
+            self.queues.add(job.queue)
+            self.earliest = min(self.earliest, job.run_after.timestamp())
+
+    def send(self) -> None:
+        if self.sent:
+            return
+        queues, earliest = set(), math.inf
+        announcement = self
+        while announcement is not None:
+            announcement.sent = True
+            queues |= announcement.queues
+            earliest = min(earliest, announcement.earliest)
+            announcement = announcement.successor
+        payload = json.dumps({"queues": sorted(queues), "at": earliest})
+        if len(payload.encode()) > MAX_PAYLOAD:
+            payload = json.dumps({"at": earliest})
+        try:
+            with connections[self.using].cursor() as cursor:
+                cursor.execute("SELECT pg_notify(%s, %s)", [channel(), payload])
+        except DatabaseError as exc:
+            # The jobs are committed: workers find them at their next poll.
+            logger.warning(
+                "Could not notify workers of new jobs on %r (%s); they will find "
+                "them at their next poll.",
+                self.using,
+                exc,
+            )
+
+
+# One pending announcement per connection (connections are per thread).
+_announcements: WeakKeyDictionary = WeakKeyDictionary()
+
+
+def announcement(using: str, jobs: Iterable[Job]) -> Callable[[], None]:
+    """What to call once the current transaction on ``using`` has committed.
+
+    Every ``notify_on_commit()`` call registers the returned callable with
+    ``on_commit``; all the calls of one transaction share one announcement,
+    and the first to run sends it. A rolled-back transaction's announcement is
+    never sent, and the next transaction starts a new one. After a savepoint
+    rollback the hooks of earlier calls may or may not survive, so a new
+    announcement starts and is linked to the earlier one: whichever runs first
+    sends both.
+    """
+    connection = connections[using]
+    hooks = getattr(connection, "run_on_commit", None)
+    pending = _announcements.get(connection)
+    if pending is None or pending.sent or pending.hooks is not hooks:
+        fresh = _Announcement(using, hooks)
+        if pending is not None and not pending.sent:
+            pending.successor = fresh
+        pending = _announcements[connection] = fresh
+    pending.add(jobs)
+    return pending.send
+
+
+def notify_on_commit(using: str, jobs: Iterable[Job]) -> None:
+    """Wake the workers once the current transaction on ``using`` commits.
+
+    For every path that makes jobs due: new rows (``schedule()``,
+    ``schedule_many()``, a series' next occurrence), a group's completion job
+    released, a job run again. Only ``queue`` and ``run_after`` of ``jobs``
+    are read.
+    """
+    if listens(using):
+        transaction.on_commit(announcement(using, jobs), using=using, robust=True)
+
+
+@dataclass(frozen=True)
+class Wakeup:
+    """What a notification says: jobs of these queues, due from ``at``."""
+
+    queues: frozenset[str] | None
+    at: float
+
+    @classmethod
+    def from_payload(cls, payload: str) -> Wakeup:
+        try:
+            data = json.loads(payload)
+            queues = data.get("queues")
+            return cls(
+                queues=None if queues is None else frozenset(queues),
+                at=float(data["at"]),
+            )
+        except (ValueError, TypeError, KeyError, AttributeError):
+            return cls(queues=None, at=-math.inf)  # unknown: look now
+
+    def concerns(self, queues: Sequence[str]) -> bool:
+        return not queues or self.queues is None or not self.queues.isdisjoint(queues)
+
+    def delay(self) -> float:
+        """Seconds until the earliest job it announced is due (<= 0: now)."""
+        return self.at - time.time()
+
+
+class ListenerLost(Exception):
+    """The LISTEN connection broke; notifications may have been missed."""
+
+
+class Listener:
+    """A connection of the worker's own, listening for announced jobs."""
+
+    def __init__(self, using: str) -> None:
+        self.using = using
+        self.connection = None
+
+    @property
+    def connected(self) -> bool:
+        return self.connection is not None
+
+    def connect(self) -> None:
+        """Open the connection and LISTEN; a failure is an ``OperationalError``."""
+        import psycopg
+        from psycopg import sql
+
+        params = connections[self.using].get_connection_params()
+        try:
+            self.connection = psycopg.connect(**params, autocommit=True)
+            self.connection.execute(
+                sql.SQL("LISTEN {}").format(sql.Identifier(channel()))
+            )
+        except psycopg.Error as exc:
+            self.close()
+            raise OperationalError(f"Can't LISTEN on {self.using!r}: {exc}") from exc
+
+    def fileno(self) -> int:
+        return self.connection.fileno()
+
+    def receive(self) -> list[Wakeup]:
+        """The notifications that have arrived, without waiting for more."""
+        import psycopg
+
+        try:
+            return [
+                Wakeup.from_payload(notify.payload)
+                for notify in self.connection.notifies(timeout=0)
+            ]
+        except psycopg.Error as exc:
+            raise ListenerLost(str(exc)) from exc
+
+    def check(self) -> None:
+        """Make sure the connection still works (a silent loss shows no data)."""
+        import psycopg
+
+        try:
+            self.connection.execute("SELECT 1")
+        except psycopg.Error as exc:
+            raise ListenerLost(str(exc)) from exc
+
+    def close(self) -> None:
+        if self.connection is not None:
+            self.connection.close()
+            self.connection = None

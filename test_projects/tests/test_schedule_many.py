@@ -1,0 +1,209 @@
+"""schedule_many(): many jobs, one INSERT, schedule()'s checks and transaction."""
+
+from datetime import timedelta
+
+import pytest
+from django.db import connection, transaction
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from async_jobs import Group, Job, schedule, schedule_many
+from async_jobs.signals import job_scheduled
+
+from .test_scheduling import Boom, count_jobs_from_another_connection
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def test_many_jobs_are_inserted_by_one_statement():
+    before = timezone.now()
+    calls = [
+        {"function": "shop.tasks.add", "args": [1, 2]},
+        {
+            "function": "shop.tasks.echo",
+            "kwargs": {"x": [1, {"y": None}]},
+            "run_after": timedelta(minutes=5),
+            "meta": {"queue": "mail", "priority": 7, "max_attempts": 1},
+        },
+        {"function": "shop.tasks.noop"},
+    ]
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        jobs = schedule_many(calls)
+        assert count_jobs_from_another_connection() == 0
+
+    assert [q["sql"].split()[0] for q in queries] == ["INSERT"]
+    assert count_jobs_from_another_connection() == 3
+    stored = list(Job.objects.order_by("pk"))
+    assert [job.pk for job in jobs] == [job.pk for job in stored]
+    add, echo, noop = stored
+    assert (add.name, add.args, add.kwargs, add.queue, add.max_attempts) == (
+        "shop.tasks.add",
+        [1, 2],
+        {},
+        "default",
+        3,
+    )
+    assert echo.kwargs == {"x": [1, {"y": None}]}
+    assert (echo.queue, echo.priority, echo.max_attempts) == ("mail", 7, 1)
+    assert echo.meta == {"queue": "mail", "priority": 7, "max_attempts": 1}
+    assert echo.run_after >= before + timedelta(minutes=5)
+    assert before <= noop.run_after <= timezone.now()
+    assert all(job.status == Job.Status.PENDING for job in stored)
+
+
+def test_a_rolled_back_transaction_leaves_none_of_them():
+    with pytest.raises(Boom), transaction.atomic():
+        schedule_many([{"function": "shop.tasks.noop"}] * 3)
+        raise Boom
+
+    assert Job.objects.count() == 0
+
+
+def test_a_savepoint_rollback_removes_only_its_jobs():
+    with transaction.atomic():
+        kept = schedule_many([{"function": "shop.tasks.noop"}] * 2)
+        with pytest.raises(Boom), transaction.atomic():
+            schedule_many([{"function": "shop.tasks.add", "args": [1, 1]}] * 2)
+            raise Boom
+
+    assert sorted(Job.objects.values_list("pk", flat=True)) == [j.pk for j in kept]
+
+
+def test_job_scheduled_is_sent_for_each_job_after_commit():
+    sent = []
+
+    def receiver(job, **kwargs):
+        sent.append(job.pk)
+
+    job_scheduled.connect(receiver)
+    try:
+        with pytest.raises(Boom), transaction.atomic():
+            schedule_many([{"function": "shop.tasks.noop"}] * 2)
+            raise Boom
+        assert sent == []
+        with transaction.atomic():
+            jobs = schedule_many([{"function": "shop.tasks.noop"}] * 2)
+            assert sent == []
+    finally:
+        job_scheduled.disconnect(receiver)
+    assert sent == [job.pk for job in jobs]
+
+
+def test_any_iterable_of_calls_is_accepted():
+    jobs = schedule_many({"function": "shop.tasks.add", "args": [n, n]} for n in "ab")
+    assert [job.args for job in jobs] == [["a", "a"], ["b", "b"]]
+
+
+def test_no_calls_schedule_nothing():
+    with CaptureQueriesContext(connection) as queries:
+        assert schedule_many([]) == []
+    assert len(queries) == 0
+
+
+GOOD = {"function": "shop.tasks.noop"}
+
+
+@pytest.mark.parametrize(
+    ("bad", "error", "message"),
+    [
+        ("shop.tasks.noop", TypeError, r"calls\[1\] must be a dict of schedule\(\)"),
+        ({"args": [1]}, TypeError, r"calls\[1\] has no 'function'"),
+        (
+            {"function": "shop.tasks.noop", "when": 1},
+            TypeError,
+            r"calls\[1\] has unknown key\(s\) 'when'; allowed: function, args",
+        ),
+        (
+            {"function": "os.system", "args": ["true"]},
+            ValueError,
+            r"calls\[1\]: 'os.system' is not in a module jobs may run",
+        ),
+        (
+            {"function": "shop.tasks.missing"},
+            ImportError,
+            r"calls\[1\]: Module 'shop.tasks' has no attribute 'missing'",
+        ),
+        (
+            {"function": "shop.tasks.echo", "kwargs": {"when": timezone.now()}},
+            TypeError,
+            r"calls\[1\]: kwargs\['when'\]: datetime is not JSON serializable",
+        ),
+        (
+            {"function": "shop.tasks.noop", "meta": {"priority": 1000}},
+            ValueError,
+            r"calls\[1\]: meta\['priority'\] is 1000",
+        ),
+        (
+            {"function": "shop.tasks.noop", "run_after": "tomorrow"},
+            TypeError,
+            r"calls\[1\]: run_after must be an aware datetime",
+        ),
+    ],
+)
+def test_one_bad_call_schedules_nothing_and_is_named(bad, error, message):
+    with pytest.raises(error, match=message):
+        schedule_many([GOOD, bad, GOOD])
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        (
+            {"unique": True},
+            r"calls\[1\]: meta\['unique'\] needs schedule\(\), not schedule_many\(\): "
+            "a unique job may turn out to be its pending twin",
+        ),
+        (
+            {"completes": "import-1"},
+            r"calls\[1\]: meta\['completes'\] needs schedule\(\), not "
+            r"schedule_many\(\): a group's completion job is tied to its group",
+        ),
+    ],
+)
+def test_what_one_insert_cannot_honour_is_refused(meta, message):
+    with pytest.raises(ValueError, match=message):
+        schedule_many([GOOD, {"function": "shop.tasks.noop", "meta": meta}])
+    assert Job.objects.count() == 0
+
+
+def test_the_json_rule_of_schedule_applies_to_each_call():
+    with pytest.raises(TypeError, match=r"calls\[0\]: args\[0\]: str holds a NUL"):
+        schedule_many([{"function": "shop.tasks.echo", "args": ["a\x00"]}])
+    assert Job.objects.count() == 0
+
+
+def test_jobs_join_their_open_groups_which_close_after_them(flush_queue):
+    with transaction.atomic():
+        members = schedule_many(
+            {"function": "shop.tasks.record", "args": [label], "meta": {"group": group}}
+            for label, group in [("a1", "a"), ("b1", "b"), ("a2", "a")]
+        )
+        completion = schedule(
+            "shop.tasks.count_unfinished_members", args=["a"], meta={"completes": "a"}
+        )
+
+    a1, b1, a2 = (Job.objects.get(pk=job.pk) for job in members)
+    assert completion.group_id is None  # it completes the group, isn't in it
+    group_a = Group.objects.get(reference="a")
+    assert {a1.group_id, a2.group_id} == {group_a.pk}
+    assert b1.group.reference == "b"
+    assert group_a.completion_id == completion.pk
+
+    assert "Ran 4 jobs" in flush_queue("--batch", "10")
+
+    completion.refresh_from_db()
+    assert (completion.status, completion.result) == (Job.Status.SUCCEEDED, 0)
+    assert Group.objects.filter(finished=None).count() == 0
+
+
+def test_a_job_scheduled_into_a_finished_group_starts_a_new_one(flush_queue):
+    [first] = schedule_many([{"function": "shop.tasks.noop", "meta": {"group": "g"}}])
+    flush_queue()
+    [second] = schedule_many([{"function": "shop.tasks.noop", "meta": {"group": "g"}}])
+
+    first.refresh_from_db()
+    second.refresh_from_db()
+    assert first.group.finished is not None
+    assert second.group_id != first.group_id
+    assert second.group.finished is None
