@@ -90,7 +90,7 @@ def requeue(job: Job) -> None:
                 f"Job {job.pk} is unique and job {twin} with the same key is "
                 "pending; it can run again once that one has run."
             ) from None
-        if not held:
+        if not waits:
             locked.run_after = changes["run_after"]
             notify_on_commit(using, [locked])
     for field, value in changes.items():
