@@ -43,7 +43,7 @@ STATUSES = """
 LOAD_JOBS = f"""
 INSERT INTO async_jobs_job (
     name, args, kwargs, meta, queue, priority, status, run_after, created,
-    started, finished, attempts, max_attempts, result
+    started, finished, attempts, max_attempts, result, attempt_log
 )
 SELECT
     CASE WHEN i %% 1000 = 7 THEN 'shop.tasks.rarely_used'
@@ -61,7 +61,8 @@ SELECT
     CASE WHEN status = 'pending' THEN NULL ELSE created + interval '1 second' END,
     CASE WHEN status = 'failed' THEN 3 WHEN status = 'pending' THEN 0 ELSE 1 END,
     3,
-    CASE WHEN status = 'succeeded' THEN to_jsonb(i) END
+    CASE WHEN status = 'succeeded' THEN to_jsonb(i) END,
+    '[]'::jsonb
 FROM (
     SELECT
         i,
