@@ -55,7 +55,8 @@ class JobsSettings:
     prune_after: dict[str, timedelta | None]
 
 
-def _is_number(value: object) -> bool:
+def is_number(value: object) -> bool:
+    """A finite int or float, not a bool: what every "seconds" value must be."""
     return (
         isinstance(value, int | float)
         and not isinstance(value, bool)
@@ -96,7 +97,7 @@ def _prune_after_problems(value: object) -> list[str]:
             continue
         if not (
             (isinstance(age, timedelta) and age >= timedelta(0))
-            or (_is_number(age) and 0 <= age <= timedelta.max.total_seconds())
+            or (is_number(age) and 0 <= age <= timedelta.max.total_seconds())
         ):
             found.append(
                 f"ASYNC_JOBS['PRUNE_AFTER'][{status!r}] must be a timedelta, a "
@@ -138,13 +139,13 @@ def problems(raw: object) -> list[str]:
             f"not {max_attempts!r}."
         )
     for key in ("BACKOFF_BASE", "BACKOFF_MAX"):
-        if not _is_number(value[key]) or value[key] < 0:
+        if not is_number(value[key]) or value[key] < 0:
             found.append(
                 f"ASYNC_JOBS[{key!r}] must be a number of seconds >= 0, "
                 f"not {value[key]!r}."
             )
     jitter = value["BACKOFF_JITTER"]
-    if not _is_number(jitter) or not 0 <= jitter <= 1:
+    if not is_number(jitter) or not 0 <= jitter <= 1:
         found.append(
             f"ASYNC_JOBS['BACKOFF_JITTER'] must be a number from 0 to 1, "
             f"not {jitter!r}."
@@ -173,7 +174,7 @@ def _worker_problems(value: dict) -> list[str]:
             "ASYNC_JOBS['BATCH_SIZE'] must be an integer of at least 1 (jobs per "
             f"worker transaction), not {batch_size!r}."
         )
-    if not _is_number(value["POLL_INTERVAL"]) or value["POLL_INTERVAL"] <= 0:
+    if not is_number(value["POLL_INTERVAL"]) or value["POLL_INTERVAL"] <= 0:
         found.append(
             "ASYNC_JOBS['POLL_INTERVAL'] must be a number of seconds > 0, "
             f"not {value['POLL_INTERVAL']!r}."

@@ -12,12 +12,13 @@ first slot after *now*: missed slots are skipped, not run one by one.
 from __future__ import annotations
 
 import contextlib
-import math
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from django.conf import settings
 from django.utils import timezone
+
+from async_jobs.conf import is_number
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
@@ -45,10 +46,9 @@ def check_repeat(value: object) -> int | float | str:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
         value = int(seconds) if seconds.is_integer() else seconds
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if value > 0 and math.isfinite(value):
-            return value
-    elif isinstance(value, str) and value.strip():
+    if is_number(value) and value > 0:
+        return value
+    if isinstance(value, str) and value.strip():
         if _croniter(value).is_valid(value):
             return value
         raise ValueError(f"meta['repeat'] {value!r} is not a valid cron expression.")

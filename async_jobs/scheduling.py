@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -11,7 +10,7 @@ from django.conf import settings
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
 from django.utils import timezone
 
-from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
+from async_jobs.conf import JobsSettings, is_number, jobs_database, jobs_settings
 from async_jobs.functions import function_path, resolve
 from async_jobs.notifications import notify_on_commit
 from async_jobs.recurrence import (
@@ -103,12 +102,7 @@ def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
         raise _meta_error("max_attempts", meta["max_attempts"])
     if "timeout" in meta:
         timeout = meta["timeout"]
-        if not (
-            isinstance(timeout, int | float)
-            and not isinstance(timeout, bool)
-            and math.isfinite(timeout)
-            and timeout > 0
-        ):
+        if not (is_number(timeout) and timeout > 0):
             raise _meta_error("timeout", timeout)
     if "task_backend" in meta and not (
         isinstance(meta["task_backend"], str) and meta["task_backend"]
