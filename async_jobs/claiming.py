@@ -1,7 +1,8 @@
 """Claiming due jobs: the one query that decides which job a worker runs next.
 
-On PostgreSQL the claimed rows are locked with ``FOR UPDATE SKIP LOCKED`` in the
-worker's transaction: other workers pass over them without waiting, and the
+On PostgreSQL the claim is the function ``async_jobs_claim`` (migration 0002
+says why), and the claimed rows are locked with ``FOR UPDATE SKIP LOCKED`` in
+the worker's transaction: other workers pass over them without waiting, and the
 lock lasts exactly as long as the job's transaction, so a worker that dies
 releases its job at once. SQLite has no row locks; there the worker's
 transaction begins with ``BEGIN IMMEDIATE``, taking the database's single
@@ -14,8 +15,10 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from weakref import WeakKeyDictionary
 
 from django.db import connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from async_jobs.models import Job
@@ -45,31 +48,28 @@ def claim_transaction(using: str) -> Iterator[None]:
         connection.transaction_mode = previous
 
 
-def claim(using: str, queues: Sequence[str] = (), limit: int = 1) -> list[Job]:
+def claim(
+    using: str,
+    queues: Sequence[str] = (),
+    limit: int = 1,
+    savepoint: str | None = None,
+) -> list[Job]:
     """Lock and return up to ``limit`` due jobs, best first.
 
-    Must run inside ``claim_transaction()``: the lock ends with it.
+    Must run inside ``claim_transaction()``: the lock ends with it. With
+    ``savepoint``, also set that savepoint (for the first job to run in) once
+    the jobs are locked: in the claim's own round trip, where the driver
+    allows it.
     """
+    connection = connections[using]
     now = timezone.now()
-    if connections[using].vendor != "postgresql":
-        return _claim(using, queues, limit, now)
-    if len(queues) == 1:
-        return _claim_from_queue(using, limit, now, queue=queues[0])
-    # The claim index leads with the queue, so one ordered index scan serves
-    # one queue: claim from the queue whose best due job is best (found with
-    # one cheap probe per queue), then, if that leaves the batch short, from
-    # the next queues in the same order.
-    claimed = _claim_from_queue(using, limit, now, among=queues)
-    if len(claimed) < limit:
-        done = {job.queue for job in claimed}
-        for queue in _queues_by_best_due_job(using, queues, now):
-            if queue not in done:
-                claimed += _claim_from_queue(
-                    using, limit - len(claimed), now, queue=queue
-                )
-                if len(claimed) == limit:
-                    break
-    return claimed
+    if connection.vendor == "postgresql":
+        return _claim_on_postgresql(using, queues, limit, now, savepoint)
+    jobs = _claim(using, queues, limit, now)
+    if savepoint is not None:
+        with connection.cursor() as cursor:
+            cursor.execute(connection.ops.savepoint_create_sql(savepoint))
+    return jobs
 
 
 def _claim(using: str, queues: Sequence[str], limit: int, now: datetime) -> list[Job]:
@@ -83,110 +83,83 @@ def _claim(using: str, queues: Sequence[str], limit: int, now: datetime) -> list
     return list(jobs.order_by("-priority", "run_after", "id")[:limit])
 
 
-# PostgreSQL. The claim index leads with the queue, so one ordered scan of it
-# serves one queue. The queues a worker serves are those it names, or every
-# queue that holds a pending job, read from the index one distinct name at a
-# time (a loose index scan).
-_NAMED_QUEUES = "queues(name) AS (SELECT unnest(%(queues)s::varchar[]))"
-_ALL_QUEUES = """
-    queues(name) AS (
-        SELECT MIN(queue) FROM {job} WHERE status = %(pending)s
-        UNION ALL
-        SELECT (
-            SELECT MIN(queue) FROM {job}
-            WHERE status = %(pending)s AND queue > queues.name
-        ) FROM queues WHERE queues.name IS NOT NULL
-    )
-"""
-# Of those, the queues with a due job, the one whose best due job is best first.
-_BY_BEST_DUE_JOB = """
-    SELECT queues.name FROM queues CROSS JOIN LATERAL (
-        SELECT priority, run_after, id FROM {job}
-        WHERE status = %(pending)s AND queue = queues.name AND run_after <= %(now)s
-        ORDER BY priority DESC, run_after, id
-        LIMIT 1
-    ) AS best
-    ORDER BY best.priority DESC, best.run_after, best.id
-"""
-_CLAIM = """
-    SELECT {columns} FROM {job}
-    WHERE status = %(pending)s AND queue = {queue} AND run_after <= %(now)s
-    ORDER BY priority DESC, run_after, id
-    LIMIT %(limit)s
-    FOR UPDATE SKIP LOCKED
-"""
+# PostgreSQL: the claim is the function ``async_jobs_claim`` (see migration
+# 0002 for why, and for how it picks the queue).
+_CLAIM = "SELECT {columns} FROM async_jobs_claim(%s::varchar[], %s, %s::integer)"
 
 
-def _claim_from_queue(
+def _claim_on_postgresql(
     using: str,
+    queues: Sequence[str],
     limit: int,
     now: datetime,
-    queue: str | None = None,
-    among: Sequence[str] = (),
+    savepoint: str | None,
 ) -> list[Job]:
-    """Claim from ``queue``, or else from the queue (of ``among``, or of all)
-    whose best due job is best: either way, one ordered scan of the index."""
-    if queue is not None:
-        query = _query(using, _CLAIM, queue="%(queue)s")
-    else:
-        query = _query(
-            using,
-            f"WITH RECURSIVE {_queues(among)}, "
-            f"best(name) AS ({_BY_BEST_DUE_JOB} LIMIT 1) {_CLAIM}",
-            queue="(SELECT name FROM best)",
-        )
-    params = {
-        "pending": Job.Status.PENDING,
-        "now": now,
-        "limit": limit,
-        "queue": queue,
-        "queues": list(among),
-    }
     connection = connections[using]
+    reading = _rows_to_jobs(connection)
+    params = [list(queues) or None, now, limit]
     with connection.cursor() as cursor:
-        cursor.execute(query, params)
-        rows = cursor.fetchall()
-    # What the ORM would make of these rows, without compiling a query for them.
-    fields = Job._meta.concrete_fields
-    columns = [field.get_col(Job._meta.db_table) for field in fields]
-    converters = [
-        connection.ops.get_db_converters(column) + column.get_db_converters(connection)
-        for column in columns
-    ]
-    jobs = []
-    for row in rows:
-        values = list(row)
-        for index, functions in enumerate(converters):
-            for function in functions:
-                values[index] = function(values[index], columns[index], connection)
-        jobs.append(Job.from_db(using, [field.attname for field in fields], values))
-    return jobs
+        if savepoint is not None and _runs_statements_together(cursor):
+            savepoint_sql = connection.ops.savepoint_create_sql(savepoint)
+            cursor.execute(f"{reading.query}; {savepoint_sql}", params)
+            rows = cursor.fetchall()
+        else:
+            cursor.execute(reading.query, params)
+            rows = cursor.fetchall()
+            if savepoint is not None:
+                cursor.execute(connection.ops.savepoint_create_sql(savepoint))
+    return [reading.job(connection, row) for row in rows]
 
 
-def _queues_by_best_due_job(
-    using: str, queues: Sequence[str], now: datetime
-) -> list[str]:
-    """The queues that have a due job, the one with the best due job first.
+class _RowsToJobs:
+    """The claim's query, and what the ORM would make of its rows.
 
-    Jobs that other workers hold locked count too: claiming from a queue
-    skips them, and moves on to the next queue if that leaves it short.
+    Made once per connection: a claim is the worker's hottest path, and
+    working out the columns' converters took as long as reading the rows.
     """
-    query = _query(using, f"WITH RECURSIVE {_queues(queues)} {_BY_BEST_DUE_JOB}")
-    params = {"pending": Job.Status.PENDING, "now": now, "queues": list(queues)}
-    with connections[using].cursor() as cursor:
-        cursor.execute(query, params)
-        return [name for (name,) in cursor.fetchall()]
+
+    def __init__(self, connection: BaseDatabaseWrapper) -> None:
+        fields = Job._meta.concrete_fields
+        quote = connection.ops.quote_name
+        self.query = _CLAIM.format(
+            columns=", ".join(quote(field.column) for field in fields)
+        )
+        self.attnames = [field.attname for field in fields]
+        self.converters = []
+        for index, field in enumerate(fields):
+            column = field.get_col(Job._meta.db_table)
+            for function in connection.ops.get_db_converters(
+                column
+            ) + column.get_db_converters(connection):
+                self.converters.append((index, function, column))
+
+    def job(self, connection: BaseDatabaseWrapper, row: Sequence[object]) -> Job:
+        values = list(row)
+        for index, function, column in self.converters:
+            values[index] = function(values[index], column, connection)
+        return Job.from_db(connection.alias, self.attnames, values)
 
 
-def _queues(among: Sequence[str]) -> str:
-    return _NAMED_QUEUES if among else _ALL_QUEUES
+_readers: WeakKeyDictionary[BaseDatabaseWrapper, _RowsToJobs] = WeakKeyDictionary()
 
 
-def _query(using: str, template: str, **names: str) -> str:
-    """``template`` with the jobs table and its columns named."""
-    quote = connections[using].ops.quote_name
-    return template.format(
-        job=quote(Job._meta.db_table),
-        columns=", ".join(quote(field.column) for field in Job._meta.concrete_fields),
-        **names,
-    )
+def _rows_to_jobs(connection: BaseDatabaseWrapper) -> _RowsToJobs:
+    try:
+        return _readers[connection]
+    except KeyError:
+        reader = _readers[connection] = _RowsToJobs(connection)
+        return reader
+
+
+def _runs_statements_together(cursor) -> bool:
+    """Whether one ``execute()`` may send several statements, and read the first's rows.
+
+    psycopg 3's client-side binding cursor, Django's default, can: it sends
+    the statements as one simple query. A server-side binding cursor can't,
+    and psycopg 2 reads the last statement's rows.
+    """
+    try:
+        from psycopg import ClientCursor
+    except ImportError:
+        return False
+    return isinstance(cursor.cursor, ClientCursor)

@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from asgiref.sync import async_to_sync
-from django.db import DatabaseError, connections, transaction
+from django.db import DatabaseError, InterfaceError, connections, transaction
 from django.utils import timezone
 
 from async_jobs.conf import jobs_database, jobs_settings
@@ -47,6 +47,10 @@ logger = logging.getLogger("async_jobs")
 
 #: Errors no retry can fix: the job fails at once.
 PERMANENT_ERRORS = (FunctionNotAllowed,)
+
+#: The savepoint each job runs in: set again for each job of a batch (the
+#: most recent of a name is the one rolled back to), released by the commit.
+JOB_SAVEPOINT = "async_jobs_job"
 
 _RECORDED_FIELDS = [
     "status",
@@ -121,22 +125,25 @@ def run_claimed(job: Job, using: str) -> Outcome:
 
 
 def run_claimed_jobs(
-    jobs: Sequence[Job], using: str, keep_going: Callable[[], bool] = lambda: True
+    jobs: Sequence[Job],
+    using: str,
+    keep_going: Callable[[], bool] = lambda: True,
+    savepoint_set: bool = False,
 ) -> list[Outcome]:
     """Run jobs whose rows the current transaction has locked; record them.
 
-    Each job runs in a savepoint of its own. A failure is recorded at once;
-    the successes together, by one UPDATE, before the transaction commits: a
-    job's writes still commit exactly when its success does. Then the jobs
-    that won't run again are settled, and each outcome is logged and
-    signalled once it has committed. ``keep_going()`` is asked before each job
-    after the first.
+    Each job runs in a savepoint of its own (``savepoint_set``: the claim set
+    the first job's). A failure is recorded at once; the successes together,
+    by one UPDATE, before the transaction commits: a job's writes still
+    commit exactly when its success does. Then the jobs that won't run again
+    are settled, and each outcome is logged and signalled once it has
+    committed. ``keep_going()`` is asked before each job after the first.
     """
     outcomes: list[Outcome] = []
     for job in jobs:
         if outcomes and not keep_going():
             break
-        outcomes.append(_attempt(job, using))
+        outcomes.append(_attempt(job, using, savepoint_set and not outcomes))
     _record_successes(
         [outcome.job for outcome in outcomes if outcome.status == Outcome.SUCCEEDED],
         using,
@@ -157,29 +164,55 @@ def run_claimed_jobs(
     return outcomes
 
 
-def _attempt(job: Job, using: str) -> Outcome:
+def _attempt(job: Job, using: str, savepoint_set: bool) -> Outcome:
+    connection = connections[using]
     job.attempts += 1
     job.started = timezone.now()
     job.attempt_log = [
         *job.attempt_log,
         {"worker": worker_id(), "started": job.started.isoformat()},
     ]
+    if not savepoint_set:
+        with connection.cursor() as cursor:
+            cursor.execute(connection.ops.savepoint_create_sql(JOB_SAVEPOINT))
+    hooks = len(connection.run_on_commit)
     began = time.monotonic()
     try:
-        with transaction.atomic(using=using):
-            job_started.send(sender=Job, job=job)
-            result = call(job)
-            check_json(result, "result")
+        job_started.send(sender=Job, job=job)
+        result = call(job)
+        check_json(result, "result")
     except (Exception, JobTimeout, SystemExit) as exc:
-        if connections[using].needs_rollback:
-            _raise_transaction_lost(job, using, exc)
-        outcome = _record_failure(job, using, exc, time.monotonic() - began)
-    else:
-        job.status = Job.Status.SUCCEEDED
-        job.result = result
-        job.finished = timezone.now()
-        outcome = Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
-    return outcome
+        _roll_back_job(job, using, hooks, exc)
+        return _record_failure(job, using, exc, time.monotonic() - began)
+    if connection.needs_rollback:
+        # The job asked for it (set_rollback()): its writes go, as atomic() does.
+        _roll_back_job(job, using, hooks)
+    job.status = Job.Status.SUCCEEDED
+    job.result = result
+    job.finished = timezone.now()
+    return Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
+
+
+def _roll_back_job(
+    job: Job, using: str, hooks: int, exc: BaseException | None = None
+) -> None:
+    """Undo what the job did: its writes and its ``on_commit`` hooks.
+
+    What ``atomic()`` does for a savepoint, for the job's savepoint, which is
+    set without ``atomic()`` (the claim sets the first in its round trip) and
+    never released (the commit releases them all): two statements fewer per
+    job. Afterwards the worker's transaction is usable again, unless it is
+    lost.
+    """
+    connection = connections[using]
+    connection.needs_rollback = False
+    try:
+        with connection.cursor() as cursor:
+            cursor.execute(connection.ops.savepoint_rollback_sql(JOB_SAVEPOINT))
+    except (DatabaseError, InterfaceError) as error:
+        connection.needs_rollback = True
+        _raise_transaction_lost(job, using, exc or error)
+    del connection.run_on_commit[hooks:]
 
 
 def _record(job: Job, using: str) -> None:

@@ -10,11 +10,14 @@ from __future__ import annotations
 import inspect
 import sys
 from collections.abc import Callable
+from functools import cache
 from importlib import import_module
 from typing import Any
 
 from django.apps import apps
 from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
 
 from async_jobs.conf import jobs_settings
 
@@ -72,9 +75,16 @@ def default_allowed_modules() -> tuple[str, ...]:
     )
 
 
+@cache
 def allowed_modules() -> tuple[str, ...]:
     configured = jobs_settings().allowed_modules
     return default_allowed_modules() if configured is None else configured
+
+
+@receiver(setting_changed)
+def _forget_allowed_modules(*, setting: str, **kwargs: object) -> None:
+    if setting in ("ASYNC_JOBS", "INSTALLED_APPS"):
+        allowed_modules.cache_clear()
 
 
 def _inside(module: str, allowed: tuple[str, ...]) -> bool:

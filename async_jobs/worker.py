@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from django.db import Error, connections
 
 from async_jobs.claiming import claim, claim_transaction
-from async_jobs.execution import Outcome, run_claimed_jobs
+from async_jobs.execution import JOB_SAVEPOINT, Outcome, run_claimed_jobs
 from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
 
 logger = logging.getLogger("async_jobs")
@@ -125,9 +125,11 @@ class Worker:
                 # Asked while waiting for SQLite's write lock, which keeps a
                 # signal handler from running until it is granted.
                 return False
-            jobs = claim(self.using, self.queues, limit=limit)
+            jobs = claim(self.using, self.queues, limit, savepoint=JOB_SAVEPOINT)
             # Claimed jobs the batch stops before are released, untouched.
-            outcomes = run_claimed_jobs(jobs, self.using, self._batch_may_continue)
+            outcomes = run_claimed_jobs(
+                jobs, self.using, self._batch_may_continue, savepoint_set=True
+            )
         for outcome in outcomes:
             self._count(outcome)
         return bool(jobs)
