@@ -265,3 +265,20 @@ async def confirm_order(order_id: int) -> int:
     )
     receipt = await Receipt.objects.acreate(order=order)
     return receipt.pk
+
+
+def hook_then(label: str, outcome: str) -> str:
+    """Register an on_commit hook that records ``label``, then fail or not.
+
+    ``outcome``: "fail" raises, "discard" returns but asks for its writes to
+    be rolled back (``set_rollback``), anything else returns.
+    """
+    from django.db import transaction
+
+    transaction.on_commit(lambda: Mark.objects.create(label=f"hook {label}"))
+    Mark.objects.create(label=label)
+    if outcome == "fail":
+        raise RuntimeError(f"{label} failed")
+    if outcome == "discard":
+        transaction.set_rollback(True)
+    return label

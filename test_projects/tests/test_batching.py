@@ -238,3 +238,29 @@ def test_a_batch_settles_series_and_groups_in_its_transaction(flush_queue):
     assert completion.status == Job.Status.SUCCEEDED
     assert completion.result == 0  # it ran after both members had succeeded
     assert Group.objects.get(reference="g").finished is not None
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_a_job_rolled_back_takes_its_on_commit_hooks_with_it(flush_queue, batch):
+    # The job's savepoint is the worker's own, not atomic()'s: the hooks a
+    # rolled-back job registered must go with its writes all the same.
+    for n, (label, outcome) in enumerate(
+        [("kept", "return"), ("failed", "fail"), ("discarded", "discard"), ("last", "")]
+    ):
+        schedule("shop.tasks.hook_then", args=[label, outcome], meta={"priority": -n})
+
+    flush_queue("--batch", batch)
+
+    assert sorted(Mark.objects.values_list("label", flat=True)) == [
+        "hook kept",
+        "hook last",
+        "kept",
+        "last",
+    ]
+    statuses = dict(Job.objects.values_list("args__0", "status"))
+    assert statuses == {
+        "kept": "succeeded",
+        "failed": "pending",
+        "discarded": "succeeded",
+        "last": "succeeded",
+    }
