@@ -321,14 +321,14 @@ def save_jobs(jobs: list[Job], using: str) -> list[Job]:
     Jobs that join a group take its lock first, as ``save()`` of one does.
     """
     from async_jobs.groups import join_open_groups
-    from async_jobs.models import Job
+    from async_jobs.inserting import insert_jobs
 
     if any("group" in job.meta for job in jobs):
         with transaction.atomic(using=using):
             join_open_groups(jobs, using)
-            Job.objects.using(using).bulk_create(jobs)
+            insert_jobs(jobs, using)
     else:
-        Job.objects.using(using).bulk_create(jobs)
+        insert_jobs(jobs, using)
     _announce(jobs, using)
     return jobs
 

@@ -49,6 +49,12 @@ def test_many_jobs_are_inserted_by_one_statement():
     assert echo.run_after >= before + timedelta(minutes=5)
     assert before <= noop.run_after <= timezone.now()
     assert all(job.status == Job.Status.PENDING for job in stored)
+    # Every column as the returned jobs hold it: datetimes to the microsecond,
+    # no result (NULL, not JSON null), no group, no unique key.
+    for returned, row in zip(jobs, stored, strict=True):
+        for field in Job._meta.concrete_fields:
+            assert getattr(returned, field.attname) == getattr(row, field.attname)
+    assert Job.objects.filter(result__isnull=True).count() == 3
 
 
 def test_a_rolled_back_transaction_leaves_none_of_them():
