@@ -25,51 +25,47 @@ SET enable_sort = off
 SET jit = off
 AS $body$
 DECLARE
+    queue_names varchar[] := wanted_queues;
     queue_name varchar;
     found_rows integer;
 BEGIN
-    IF cardinality(wanted_queues) = 1 THEN
-        RETURN QUERY
-            SELECT * FROM async_jobs_job
-            WHERE status = 'pending' AND queue = wanted_queues[1]
-                AND run_after <= due
-            ORDER BY priority DESC, run_after, id
-            LIMIT wanted
-            FOR UPDATE SKIP LOCKED;
-        RETURN;
-    END IF;
     -- The claim index leads with the queue, so one ordered scan of it serves
-    -- one queue: claim from the queue whose best due job is best, then, if
-    -- that leaves the batch short, from the next queues in the same order.
-    -- The queues are those named, or (NULL) every queue that holds a pending
-    -- job, read from the index one distinct name at a time.
-    FOR queue_name IN
-        WITH RECURSIVE every_queue(name) AS (
-            (
-                SELECT queue FROM async_jobs_job WHERE status = 'pending'
-                ORDER BY queue LIMIT 1
+    -- one queue. The queues are those named, or (NULL) every queue that
+    -- holds a pending job, read from the index one distinct name at a time.
+    IF queue_names IS NULL THEN
+        queue_names := ARRAY(
+            WITH RECURSIVE queues(name) AS (
+                (
+                    SELECT queue FROM async_jobs_job WHERE status = 'pending'
+                    ORDER BY queue LIMIT 1
+                )
+                UNION ALL
+                SELECT (
+                    SELECT queue FROM async_jobs_job
+                    WHERE status = 'pending' AND queue > queues.name
+                    ORDER BY queue LIMIT 1
+                ) FROM queues WHERE queues.name IS NOT NULL
             )
-            UNION ALL
-            SELECT (
-                SELECT queue FROM async_jobs_job
-                WHERE status = 'pending' AND queue > every_queue.name
-                ORDER BY queue LIMIT 1
-            ) FROM every_queue WHERE every_queue.name IS NOT NULL
-        ), queues(name) AS (
-            SELECT unnest(wanted_queues) WHERE wanted_queues IS NOT NULL
-            UNION ALL
-            SELECT name FROM every_queue
-            WHERE wanted_queues IS NULL AND name IS NOT NULL
-        )
-        SELECT queues.name FROM queues CROSS JOIN LATERAL (
-            SELECT priority, run_after, id FROM async_jobs_job
-            WHERE status = 'pending' AND queue = queues.name
-                AND run_after <= due
-            ORDER BY priority DESC, run_after, id
-            LIMIT 1
-        ) AS best
-        ORDER BY best.priority DESC, best.run_after, best.id
-    LOOP
+            SELECT name FROM queues WHERE name IS NOT NULL
+        );
+    END IF;
+    -- Of several, the queues with a due job, the one whose best due job is
+    -- best first: claim from it, then, if that leaves the batch short, from
+    -- the next.
+    IF cardinality(queue_names) > 1 THEN
+        queue_names := ARRAY(
+            SELECT queues.name FROM unnest(queue_names) AS queues(name)
+            CROSS JOIN LATERAL (
+                SELECT priority, run_after, id FROM async_jobs_job
+                WHERE status = 'pending' AND queue = queues.name
+                    AND run_after <= due
+                ORDER BY priority DESC, run_after, id
+                LIMIT 1
+            ) AS best
+            ORDER BY best.priority DESC, best.run_after, best.id
+        );
+    END IF;
+    FOREACH queue_name IN ARRAY queue_names LOOP
         RETURN QUERY
             SELECT * FROM async_jobs_job
             WHERE status = 'pending' AND queue = queue_name
@@ -88,17 +84,19 @@ $body$
 DROP = "DROP FUNCTION IF EXISTS async_jobs_claim(varchar[], timestamptz, integer)"
 
 
-def create_function(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(CREATE)
+class RunSQLOnPostgreSQL(migrations.RunSQL):
+    """``RunSQL`` on PostgreSQL, nothing elsewhere (``sqlmigrate`` shows it)."""
 
+    def database_forwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_forwards(app_label, schema_editor, from_state, to_state)
 
-def drop_function(apps, schema_editor):
-    if schema_editor.connection.vendor == "postgresql":
-        schema_editor.execute(DROP)
+    def database_backwards(self, app_label, schema_editor, from_state, to_state):
+        if schema_editor.connection.vendor == "postgresql":
+            super().database_backwards(app_label, schema_editor, from_state, to_state)
 
 
 class Migration(migrations.Migration):
     dependencies = [("async_jobs", "0001_initial")]
 
-    operations = [migrations.RunPython(create_function, drop_function)]
+    operations = [RunSQLOnPostgreSQL(CREATE, DROP)]
