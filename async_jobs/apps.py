@@ -1,4 +1,5 @@
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class AsyncJobsConfig(AppConfig):
@@ -11,3 +12,6 @@ class AsyncJobsConfig(AppConfig):
         # it is there, registers those of the TASKS backends (JobsBackend's
         # too), which otherwise only run once something imported it.
         from async_jobs import checks, tasks_framework  # noqa: F401
+        from async_jobs.claiming import create_claim_function
+
+        post_migrate.connect(create_claim_function, sender=self)

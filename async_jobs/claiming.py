@@ -15,6 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
+from importlib import import_module
 from weakref import WeakKeyDictionary
 
 from django.db import connections, transaction
@@ -149,6 +150,33 @@ def _rows_to_jobs(connection: BaseDatabaseWrapper) -> _RowsToJobs:
     except KeyError:
         reader = _readers[connection] = _RowsToJobs(connection)
         return reader
+
+
+#: The migration that creates the claim function, whose SQL
+#: ``create_claim_function()`` runs where migrations didn't. (A later
+#: migration that replaces the function takes its place here.)
+_CLAIM_FUNCTION_MIGRATION = "async_jobs.migrations.0002_claim_function"
+
+
+def create_claim_function(*, using: str, **kwargs: object) -> None:
+    """``post_migrate``: create the claim function if the jobs table lacks it.
+
+    A database made without migrations (a test database with ``"MIGRATE":
+    False`` or pytest-django's ``--nomigrations``) gets the table from the
+    model but not the function, and every claim would fail.
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT to_regclass(%s) IS NOT NULL AND to_regprocedure("
+            "'async_jobs_claim(varchar[], timestamptz, integer)') IS NULL",
+            [Job._meta.db_table],
+        )
+        (missing,) = cursor.fetchone()
+        if missing:
+            cursor.execute(import_module(_CLAIM_FUNCTION_MIGRATION).CREATE)
 
 
 def _runs_statements_together(cursor) -> bool:

@@ -30,6 +30,7 @@ from typing import Any, NoReturn
 
 from asgiref.sync import async_to_sync
 from django.db import DatabaseError, InterfaceError, connections, transaction
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from async_jobs.conf import jobs_database, jobs_settings
@@ -181,6 +182,7 @@ def _attempt(job: Job, using: str, savepoint_set: bool) -> Outcome:
         job_started.send(sender=Job, job=job)
         result = call(job)
         check_json(result, "result")
+        _check_transaction_usable(connection)
     except (Exception, JobTimeout, SystemExit) as exc:
         _roll_back_job(job, using, hooks, exc)
         return _record_failure(job, using, exc, time.monotonic() - began)
@@ -191,6 +193,37 @@ def _attempt(job: Job, using: str, savepoint_set: bool) -> Outcome:
     job.result = result
     job.finished = timezone.now()
     return Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
+
+
+#: libpq's PQTRANS_INERROR, as psycopg 3 and psycopg 2 both report it: the
+#: transaction has failed and refuses every statement until a rollback.
+_PQTRANS_INERROR = 3
+
+
+def _check_transaction_usable(connection: BaseDatabaseWrapper) -> None:
+    """Raise if the job left its transaction failed on PostgreSQL.
+
+    A job that catches a database error (a ``NOWAIT`` lock refused, say) and
+    returns leaves PostgreSQL refusing every later statement. ``atomic()``
+    would have raised as it released the savepoint; so does this, before the
+    success is recorded, so that the attempt counts as failed. Had the
+    record failed instead, the worker's whole transaction would roll back and
+    the job would run again, for ever, without an attempt counted.
+    """
+    if connection.vendor != "postgresql" or connection.connection is None:
+        return
+    raw = connection.connection
+    info = getattr(raw, "info", None)  # psycopg 3; psycopg 2 has no .info
+    status = (
+        info.transaction_status if info is not None else raw.get_transaction_status()
+    )
+    if status == _PQTRANS_INERROR:
+        raise DatabaseError(
+            "The job returned, but a database error it caught left its "
+            "transaction failed (PostgreSQL refuses every statement after an "
+            "error until a rollback): its writes are rolled back. Run the "
+            "statement that may fail inside its own atomic() block."
+        )
 
 
 def _roll_back_job(

@@ -49,12 +49,14 @@ BEGIN
             SELECT name FROM queues WHERE name IS NOT NULL
         );
     END IF;
-    -- Of several, the queues with a due job, the one whose best due job is
-    -- best first: claim from it, then, if that leaves the batch short, from
-    -- the next.
+    -- Of several, the queues with a due job, each once (SKIP LOCKED doesn't
+    -- skip what this transaction locked), the one whose best due job is best
+    -- first: claim from it, then, if that leaves the batch short, from the
+    -- next.
     IF cardinality(queue_names) > 1 THEN
         queue_names := ARRAY(
-            SELECT queues.name FROM unnest(queue_names) AS queues(name)
+            SELECT queues.name
+            FROM (SELECT DISTINCT unnest(queue_names)) AS queues(name)
             CROSS JOIN LATERAL (
                 SELECT priority, run_after, id FROM async_jobs_job
                 WHERE status = 'pending' AND queue = queues.name

@@ -1,6 +1,7 @@
 """The claim: best due job first, across queues, by ordered scans of the claim index."""
 
 import json
+from importlib import import_module
 
 import pytest
 from django.db import connection
@@ -102,3 +103,34 @@ def test_a_claim_reads_a_few_pages_whatever_the_backlog(
 def analyze() -> None:
     with connection.cursor() as cursor:
         cursor.execute("ANALYZE async_jobs_job")
+
+
+def test_a_queue_named_twice_yields_each_job_once():
+    schedule("shop.tasks.record", args=["a"], meta={"queue": "q"})
+    schedule("shop.tasks.record", args=["b"], meta={"queue": "q"})
+    schedule("shop.tasks.record", args=["c"], meta={"queue": "r"})
+
+    assert sorted(claimed(["q", "q"], limit=5)) == ["a", "b"]
+    assert sorted(claimed(["q", "r", "q"], limit=5)) == ["a", "b", "c"]
+
+
+def test_a_database_made_without_migrations_gets_the_claim_function(postgres_only):
+    # What "MIGRATE": False or --nomigrations leave: the table, no function.
+    # migrate's post_migrate (sent then too) creates it.
+    from django.core.management import call_command
+
+    from async_jobs.claiming import _CLAIM_FUNCTION_MIGRATION
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DROP FUNCTION async_jobs_claim(varchar[], timestamptz, integer)"
+        )
+    try:
+        call_command("migrate", verbosity=0)
+        schedule("shop.tasks.record", args=["a"])
+
+        assert claimed() == ["a"]
+    finally:
+        # For the tests after this one, should it fail.
+        with connection.cursor() as cursor:
+            cursor.execute(import_module(_CLAIM_FUNCTION_MIGRATION).CREATE)

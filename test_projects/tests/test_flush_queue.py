@@ -267,3 +267,26 @@ def test_cancel_only_cancels_a_pending_job():
     done.execute()
     with pytest.raises(ValueError, match="is succeeded"):
         done.cancel()
+
+
+def test_a_job_that_swallows_a_database_error_fails_rather_than_loop(flush_queue):
+    # On PostgreSQL the caught error leaves the transaction refusing every
+    # statement: the attempt must be recorded as failed, its write rolled
+    # back, not lose the worker's whole transaction and run again for ever.
+    # SQLite has no failed-transaction state: there the job succeeds.
+    from django.db import connection
+
+    job = schedule("shop.tasks.swallow_database_error", args=["swallowed"])
+
+    flush_queue("--jobs", "1")
+
+    job.refresh_from_db()
+    assert job.attempts == 1
+    if connection.vendor == "postgresql":
+        assert job.status == Job.Status.PENDING
+        [error] = job.errors.all()
+        assert "caught left its transaction failed" in error.exception
+        assert not Mark.objects.exists()
+    else:
+        assert job.status == Job.Status.SUCCEEDED
+        assert Mark.objects.get().label == "swallowed"
