@@ -65,9 +65,10 @@ def claim(
     connection = connections[using]
     now = timezone.now()
     if connection.vendor == "postgresql":
-        return _claim_on_postgresql(using, queues, limit, now, savepoint)
-    jobs = _claim(using, queues, limit, now)
-    if savepoint is not None:
+        jobs, savepoint_set = _claim_on_postgresql(using, queues, limit, now, savepoint)
+    else:
+        jobs, savepoint_set = _claim(using, queues, limit, now), False
+    if savepoint is not None and not savepoint_set:
         with connection.cursor() as cursor:
             cursor.execute(connection.ops.savepoint_create_sql(savepoint))
     return jobs
@@ -95,21 +96,19 @@ def _claim_on_postgresql(
     limit: int,
     now: datetime,
     savepoint: str | None,
-) -> list[Job]:
+) -> tuple[list[Job], bool]:
+    """The claimed jobs, and whether ``savepoint`` was set with them."""
     connection = connections[using]
     reading = _rows_to_jobs(connection)
     params = [list(queues) or None, now, limit]
     with connection.cursor() as cursor:
-        if savepoint is not None and _runs_statements_together(cursor):
-            savepoint_sql = connection.ops.savepoint_create_sql(savepoint)
-            cursor.execute(f"{reading.query}; {savepoint_sql}", params)
-            rows = cursor.fetchall()
-        else:
-            cursor.execute(reading.query, params)
-            rows = cursor.fetchall()
-            if savepoint is not None:
-                cursor.execute(connection.ops.savepoint_create_sql(savepoint))
-    return [reading.job(connection, row) for row in rows]
+        together = savepoint is not None and _runs_statements_together(cursor)
+        query = reading.query
+        if together:
+            query += f"; {connection.ops.savepoint_create_sql(savepoint)}"
+        cursor.execute(query, params)
+        rows = cursor.fetchall()
+    return [reading.job(connection, row) for row in rows], together
 
 
 class _RowsToJobs:
@@ -145,11 +144,9 @@ _readers: WeakKeyDictionary[BaseDatabaseWrapper, _RowsToJobs] = WeakKeyDictionar
 
 
 def _rows_to_jobs(connection: BaseDatabaseWrapper) -> _RowsToJobs:
-    try:
-        return _readers[connection]
-    except KeyError:
-        reader = _readers[connection] = _RowsToJobs(connection)
-        return reader
+    if connection not in _readers:
+        _readers[connection] = _RowsToJobs(connection)
+    return _readers[connection]
 
 
 #: The migration that creates the claim function, whose SQL

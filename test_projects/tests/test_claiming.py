@@ -134,3 +134,25 @@ def test_a_database_made_without_migrations_gets_the_claim_function(postgres_onl
         # For the tests after this one, should it fail.
         with connection.cursor() as cursor:
             cursor.execute(import_module(_CLAIM_FUNCTION_MIGRATION).CREATE)
+
+
+def test_a_job_costs_the_worker_two_statements_besides_begin_and_commit(
+    postgres_only,
+):
+    # The claim carries the job's savepoint (psycopg 3's client-side cursor,
+    # Django's default); no savepoint is released; one UPDATE records it.
+    from django.test.utils import CaptureQueriesContext
+
+    from async_jobs.worker import Worker
+
+    schedule("shop.tasks.noop")
+
+    with CaptureQueriesContext(connection) as queries:
+        Worker("default", max_jobs=1).run()
+
+    statements = [q["sql"] for q in queries if q["sql"] not in ("BEGIN", "COMMIT")]
+    assert len(statements) == 2, statements
+    claim_sql, record_sql = statements
+    assert "async_jobs_claim(" in claim_sql
+    assert claim_sql.endswith('; SAVEPOINT "async_jobs_job"')
+    assert record_sql.startswith('UPDATE "async_jobs_job"')
