@@ -65,12 +65,24 @@ def check_repeat_until(value: object) -> str:
             f"meta['repeat_until'] is {value!r}; it must be a datetime "
             "(or its ISO 8601 string)."
         )
-    if settings.USE_TZ and timezone.is_naive(value):
-        raise ValueError(
-            f"meta['repeat_until'] {value.isoformat()} is a naive datetime while "
-            "USE_TZ is True; pass an aware datetime."
-        )
+    from async_jobs.scheduling import check_awareness
+
+    check_awareness(value, "meta['repeat_until']")
     return value.isoformat()
+
+
+def _series_end(until: str) -> datetime:
+    """A stored ``repeat_until``, comparable with this process's datetimes.
+
+    A series scheduled before USE_TZ was switched keeps the other kind of
+    datetime: it is read in settings.TIME_ZONE rather than stop the worker.
+    """
+    end = datetime.fromisoformat(until)
+    if settings.USE_TZ and timezone.is_naive(end):
+        return timezone.make_aware(end)
+    if not settings.USE_TZ and timezone.is_aware(end):
+        return timezone.make_naive(end)
+    return end
 
 
 def _cron_after(expression: str, moment: datetime) -> datetime:
@@ -106,7 +118,7 @@ def schedule_next(job: Job, using: str) -> Job | None:
         return None
     when = next_slot(repeat, job.run_after, timezone.now())
     until = job.meta.get("repeat_until")
-    if until is not None and when > datetime.fromisoformat(until):
+    if until is not None and when > _series_end(until):
         return None
     return save_job(
         Job(

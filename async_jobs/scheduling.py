@@ -142,6 +142,21 @@ def _validate_scheduling_features(meta: dict) -> dict:
     return meta
 
 
+def check_awareness(value: datetime, what: str, alternative: str = "") -> None:
+    """Refuse a datetime that USE_TZ would store as another moment, or not at all."""
+    if settings.USE_TZ and timezone.is_naive(value):
+        raise ValueError(
+            f"{what} {value.isoformat()} is a naive datetime while USE_TZ is True; "
+            f"pass an aware datetime (django.utils.timezone.make_aware){alternative}."
+        )
+    if not settings.USE_TZ and timezone.is_aware(value):
+        raise ValueError(
+            f"{what} {value.isoformat()} is an aware datetime while USE_TZ is False; "
+            "pass a naive datetime in settings.TIME_ZONE (django.utils.timezone."
+            f"make_naive){alternative}."
+        )
+
+
 def resolve_run_after(run_after: datetime | timedelta | None) -> datetime:
     """When a job becomes due: now, now + a delta, or an aware datetime."""
     now = timezone.now()
@@ -150,15 +165,10 @@ def resolve_run_after(run_after: datetime | timedelta | None) -> datetime:
     if isinstance(run_after, timedelta):
         return now + run_after
     if isinstance(run_after, datetime):
-        if settings.USE_TZ and timezone.is_naive(run_after):
-            raise ValueError(
-                f"run_after {run_after.isoformat()} is a naive datetime while "
-                "USE_TZ is True; pass an aware datetime (django.utils.timezone."
-                "make_aware) or a timedelta."
-            )
+        check_awareness(run_after, "run_after", " or a timedelta")
         return run_after
     raise TypeError(
-        "run_after must be an aware datetime, a timedelta or None, not "
+        "run_after must be a datetime, a timedelta or None, not "
         f"{type(run_after).__name__}."
     )
 

@@ -163,6 +163,31 @@ def test_repeat_until_ends_the_series(flush_queue):
     ]
 
 
+@pytest.mark.parametrize(
+    ("use_tz", "stored_until", "runs"),
+    [
+        # Read in settings.TIME_ZONE: 14:30 in Paris is 13:30 UTC.
+        (True, "2030-01-01T14:30:00", 2),
+        # 13:30 UTC is 14:30 in Paris, where the series runs on naive times.
+        (False, "2030-01-01T13:30:00+00:00", 3),
+    ],
+)
+def test_a_series_stored_under_the_other_use_tz_still_ends(
+    flush_queue, use_tz, stored_until, runs
+):
+    with override_settings(USE_TZ=use_tz, TIME_ZONE="Europe/Paris"):
+        with freeze_time("2030-01-01 12:00:00") as clock:
+            job = schedule("shop.tasks.noop", meta={"repeat": 3600})
+            # As saved before USE_TZ was switched.
+            meta = {**job.meta, "repeat_until": stored_until}
+            Job.objects.filter(pk=job.pk).update(meta=meta)
+            for _ in range(4):
+                assert "Ran" in flush_queue()
+                clock.tick(timedelta(hours=1))
+        finished = Job.objects.filter(status=Job.Status.SUCCEEDED).count()
+    assert (finished, Job.objects.count()) == (runs, runs)
+
+
 def test_cancelling_an_occurrence_ends_the_series(flush_queue):
     schedule("shop.tasks.noop", meta={"repeat": 60}).cancel()
     assert "Ran 0 jobs" in flush_queue()

@@ -142,7 +142,7 @@ GOOD = {"function": "shop.tasks.noop"}
         (
             {"function": "shop.tasks.noop", "run_after": "tomorrow"},
             TypeError,
-            r"calls\[1\]: run_after must be an aware datetime",
+            r"calls\[1\]: run_after must be a datetime, a timedelta",
         ),
     ],
 )

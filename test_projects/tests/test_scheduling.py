@@ -194,10 +194,32 @@ def test_arguments_that_do_not_survive_json_are_refused(args, kwargs, message):
     assert Job.objects.count() == 0
 
 
+@override_settings(USE_TZ=False)
+def test_aware_datetime_is_refused_without_time_zone_support():
+    aware = datetime(2030, 1, 1, tzinfo=UTC)
+    with pytest.raises(
+        ValueError,
+        match=r"run_after 2030-01-01T00:00:00\+00:00 is an aware datetime while "
+        r"USE_TZ is False; pass a naive datetime in settings.TIME_ZONE .* or a timedelta",
+    ):
+        schedule("shop.tasks.noop", run_after=aware)
+    with pytest.raises(
+        ValueError,
+        match=r"meta\['repeat_until'\] 2030-01-01T00:00:00\+00:00 is an aware "
+        "datetime while USE_TZ is False",
+    ):
+        schedule("shop.tasks.noop", meta={"repeat": 60, "repeat_until": aware})
+    assert Job.objects.count() == 0
+
+    job = schedule("shop.tasks.noop", run_after=datetime(2030, 1, 1))
+    job.refresh_from_db()
+    assert job.run_after == datetime(2030, 1, 1)
+
+
 def test_naive_datetime_is_refused():
     with pytest.raises(ValueError, match="naive datetime while USE_TZ is True"):
         schedule("shop.tasks.noop", run_after=datetime(2030, 1, 1))
-    with pytest.raises(TypeError, match="run_after must be an aware datetime"):
+    with pytest.raises(TypeError, match="run_after must be a datetime, a timedelta"):
         schedule("shop.tasks.noop", run_after="tomorrow")
     assert Job.objects.count() == 0
 
