@@ -146,6 +146,10 @@ def main() -> int:
         "--samples", type=int, default=200, help="Latency samples (SQLite: a fifth)."
     )
     options = parser.parse_args()
+    if options.samples < 10:
+        parser.error(
+            "--samples must be at least 10: SQLite takes a fifth, and a p95 needs two"
+        )
     options.samples = {"postgres": options.samples, "sqlite": options.samples // 5}
     # SQLite workers only poll; PostgreSQL workers are woken by NOTIFY.
     options.sleep = {"postgres": "1", "sqlite": "0.1"}
