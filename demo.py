@@ -117,7 +117,7 @@ def main() -> int:
     var = settings.VAR_DIR
     for name in ("db.sqlite3", "jobs.log"):
         (var / name).unlink(missing_ok=True)
-    shutil.rmtree(settings.EMAIL_FILE_PATH, ignore_errors=True)
+    shutil.rmtree(settings.DEMO_MAIL_DIR, ignore_errors=True)
     call_command("migrate", verbosity=0)
     print(
         "django-async-jobs demo: a feedback form whose view saves the message and\n"
@@ -164,7 +164,7 @@ def main() -> int:
     print(f"({wait:.0f}s later)")
     flush_queue()
     print("The mail, as the file email backend wrote it:")
-    show_mail(settings.EMAIL_FILE_PATH)
+    show_mail(settings.DEMO_MAIL_DIR)
 
     heading("6. The audit trail: every job and every failed attempt is kept")
     print("Job rows:")

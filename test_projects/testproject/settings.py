@@ -13,6 +13,8 @@ from importlib.util import find_spec
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 # The tutorial's app lives in the demo project; the tests run it too.
 if str(BASE_DIR / "demo") not in sys.path:
@@ -97,6 +99,10 @@ if os.environ.get("ASYNC_JOBS_DB_NAME"):
 DATABASES = {"default": default, "other": other}
 
 ASYNC_JOBS = {"BACKOFF_JITTER": 0.25}
+
+if django.VERSION >= (6, 1):
+    # Mail stays in memory, as the test runner makes Django's default do.
+    MAILERS = {"default": {"BACKEND": "django.core.mail.backends.locmem.EmailBackend"}}
 
 # Django's tasks framework: django.tasks (Django 6+) or, on 5.2, the backport.
 if find_spec("django.tasks") or find_spec("django_tasks"):

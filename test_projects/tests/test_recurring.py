@@ -269,7 +269,7 @@ def test_a_worker_killed_mid_run_leaves_exactly_one_occurrence(tmp_path, run_man
     try:
         wait_until(started.exists, timeout=60)  # it has written and is waiting
         worker.kill()
-        worker.wait(timeout=10)
+        worker.communicate(timeout=10)  # reaps it and closes its pipes
     finally:
         if worker.poll() is None:
             worker.kill()

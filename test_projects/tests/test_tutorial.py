@@ -2,6 +2,7 @@
 
 import socket
 
+import django
 import pytest
 from django.core import mail
 from django.db import transaction
@@ -85,12 +86,13 @@ def test_a_mail_server_that_is_down_rolls_the_job_back_for_a_retry(
     client, flush_queue, closed_port
 ):
     client.post("/feedback/", ADA)
-    smtp = {
-        "EMAIL_BACKEND": "django.core.mail.backends.smtp.EmailBackend",
-        "EMAIL_HOST": "127.0.0.1",
-        "EMAIL_PORT": closed_port,
-        "EMAIL_TIMEOUT": 5,
-    }
+    backend = "django.core.mail.backends.smtp.EmailBackend"
+    options = {"host": "127.0.0.1", "port": closed_port, "timeout": 5}
+    if django.VERSION >= (6, 1):
+        smtp = {"MAILERS": {"default": {"BACKEND": backend, "OPTIONS": options}}}
+    else:
+        smtp = {"EMAIL_BACKEND": backend}
+        smtp.update({f"EMAIL_{key.upper()}": value for key, value in options.items()})
 
     with override_settings(**smtp):
         output = flush_queue()

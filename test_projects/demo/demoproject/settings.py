@@ -9,6 +9,8 @@ job being retried.
 import os
 from pathlib import Path
 
+import django
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 VAR_DIR = Path(os.environ.get("ASYNC_JOBS_DEMO_DIR") or BASE_DIR / "var")
 VAR_DIR.mkdir(parents=True, exist_ok=True)
@@ -45,14 +47,26 @@ DATABASES = {
 }
 
 DEFAULT_FROM_EMAIL = "feedback@example.com"
+DEMO_MAIL_DIR = VAR_DIR / "mail"
 if os.environ.get("DEMO_SMTP_SERVER"):
-    EMAIL_BACKEND = "django.core.mail.backends.smtp.EmailBackend"
-    EMAIL_HOST, _, port = os.environ["DEMO_SMTP_SERVER"].rpartition(":")
-    EMAIL_PORT = int(port)
-    EMAIL_TIMEOUT = 5
+    host, _, port = os.environ["DEMO_SMTP_SERVER"].rpartition(":")
+    DEMO_MAILER = {
+        "BACKEND": "django.core.mail.backends.smtp.EmailBackend",
+        "OPTIONS": {"host": host, "port": int(port), "timeout": 5},
+    }
 else:
-    EMAIL_BACKEND = "django.core.mail.backends.filebased.EmailBackend"
-    EMAIL_FILE_PATH = VAR_DIR / "mail"
+    DEMO_MAILER = {
+        "BACKEND": "django.core.mail.backends.filebased.EmailBackend",
+        "OPTIONS": {"file_path": DEMO_MAIL_DIR},
+    }
+if django.VERSION >= (6, 1):
+    MAILERS = {"default": DEMO_MAILER}
+else:
+    # Before Django 6.1: EMAIL_BACKEND, and an EMAIL_* setting per option
+    # (EMAIL_HOST, EMAIL_PORT, EMAIL_TIMEOUT, EMAIL_FILE_PATH).
+    EMAIL_BACKEND = DEMO_MAILER["BACKEND"]
+    for option, value in DEMO_MAILER["OPTIONS"].items():
+        globals()[f"EMAIL_{option.upper()}"] = value
 
 # A failed job is retried after 2s, then 4s, ... (the default starts at 10s),
 # without jitter, so the demo waits briefly and always prints the same thing.
