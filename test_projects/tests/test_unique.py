@@ -209,7 +209,8 @@ def test_deschedule_waits_for_a_running_occurrence_and_cancels_its_successor(
         wait_until(blocked_on_a_lock, timeout=30)  # waits for the running job
         flag.unlink()
         thread.join(timeout=30)
-        assert worker.wait(timeout=30) == 0
+        _, err = worker.communicate(timeout=30)
+        assert worker.returncode == 0, err
     finally:
         if worker.poll() is None:
             worker.kill()
