@@ -37,7 +37,9 @@ META_KEYS = {
     "max_attempts": "an int >= 1",
     "timeout": "seconds, a number > 0",
     "repeat": REPEAT_RULE,
-    "repeat_until": "an aware datetime; the series stops before it",
+    "repeat_until": (
+        "a datetime, aware unless USE_TZ is False; the series stops before it"
+    ),
     "group": "the reference of the group the job joins, a non-empty str",
     "completes": (
         "the reference of the group this job completes: it runs once every job "
@@ -158,7 +160,7 @@ def check_awareness(value: datetime, what: str, alternative: str = "") -> None:
 
 
 def resolve_run_after(run_after: datetime | timedelta | None) -> datetime:
-    """When a job becomes due: now, now + a delta, or an aware datetime."""
+    """When a job becomes due: now, now + a delta, or the datetime given."""
     now = timezone.now()
     if run_after is None:
         return now
