@@ -23,10 +23,12 @@ from datetime import datetime
 from typing import Any
 
 from django.apps import apps
+from django.conf import settings
 from django.core import checks
 from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.dispatch import receiver
+from django.utils import timezone
 
 from async_jobs import tasks_framework as framework
 from async_jobs.conf import jobs_database, jobs_settings
@@ -101,11 +103,20 @@ class JobsBackend(framework.BaseTaskBackend):
     ) -> framework.TaskResult:
         """Write the task's job in the current transaction; return its result."""
         self.validate_task(task)
+        run_after = task.run_after
+        if (
+            run_after is not None
+            and not settings.USE_TZ
+            and timezone.is_aware(run_after)
+        ):
+            # Django's tasks take aware datetimes whatever USE_TZ says;
+            # schedule() takes them as the project stores them.
+            run_after = timezone.make_naive(run_after)
         job = schedule(
             task.module_path,
             args=framework.normalize_json(args),
             kwargs=framework.normalize_json(kwargs),
-            run_after=task.run_after,
+            run_after=run_after,
             meta={
                 **self.job_meta,
                 "priority": int(task.priority),

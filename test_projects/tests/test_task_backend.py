@@ -4,7 +4,7 @@ import os
 import signal
 import socket
 import time
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from asgiref.sync import async_to_sync
@@ -74,6 +74,19 @@ def test_enqueue_in_a_rolled_back_transaction_leaves_nothing(backend, task_signa
     assert task_signals == []
     with pytest.raises(framework.TaskResultDoesNotExist):
         backend.get_result(result.id)
+
+
+@override_settings(USE_TZ=False, TIME_ZONE="Europe/Paris")
+def test_an_aware_run_after_is_stored_in_local_time_without_time_zone_support(
+    backend,
+):
+    # Django's tasks accept it whatever USE_TZ says; schedule() alone wouldn't.
+    later = datetime(2030, 1, 1, 12, tzinfo=UTC)
+    result = tasks.send_mail.using(run_after=later).enqueue("ann@example.com")
+
+    job = Job.objects.get()
+    assert job.run_after == datetime(2030, 1, 1, 13)  # noon UTC, in Paris
+    assert backend.get_result(result.id).task.run_after == datetime(2030, 1, 1, 13)
 
 
 def test_enqueue_in_a_committed_transaction_writes_its_job(backend, task_signals):
