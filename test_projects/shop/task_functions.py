@@ -3,15 +3,13 @@
 Only importable where django.tasks (Django 6+) or the django_tasks backport is.
 """
 
-import time
-from pathlib import Path
-
 try:
     from django.tasks import TaskContext, task
 except ImportError:
     from django_tasks import TaskContext, task
 
 from shop.models import Mark, Order, Receipt
+from shop.waiting import await_file
 
 
 @task(queue_name="mail", priority=10)
@@ -124,11 +122,7 @@ def status_seen_from_inside(context) -> str:
 @task()
 def wait_for_file(path: str, timeout: float) -> str:
     """Runs until ``path`` exists (the test's go-ahead), at most ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while not Path(path).exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{path} did not appear within {timeout}s")
-        time.sleep(0.02)
+    await_file(path, timeout)
     return path
 
 

@@ -18,6 +18,7 @@ from django.db.models.functions import Coalesce
 from async_jobs import Job, job
 from async_jobs.execution import current_job
 from shop.models import Mark, Order, Receipt
+from shop.waiting import await_file
 
 #: Longest a job waits for a test to release it; a test that forgets fails.
 RELEASE_WAIT = 60
@@ -83,11 +84,7 @@ def write_then_hold(label: str, started: str, release: str) -> str:
     """Write a Mark, announce, then wait until the test creates ``release``."""
     Mark.objects.create(label=label)
     announce(started)
-    deadline = time.monotonic() + RELEASE_WAIT
-    while not Path(release).exists():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{release} was not created in {RELEASE_WAIT}s")
-        time.sleep(0.01)
+    await_file(release, RELEASE_WAIT)
     return label
 
 
