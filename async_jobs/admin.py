@@ -30,10 +30,9 @@ from django.utils.http import urlencode
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.durations import format_age
 from async_jobs.groups import delete_jobs
-from async_jobs.models import Error, Job
+from async_jobs.models import REQUEUABLE, Error, Job
+from async_jobs.overview import queue_overview
 from async_jobs.pagination import EstimatedCountPaginator
-from async_jobs.requeuing import REQUEUABLE
-from async_jobs.status import queue_overview
 
 #: At most this many refused job ids are named in an action's message.
 NAMED_IDS = 10

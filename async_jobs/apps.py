@@ -1,4 +1,7 @@
+from contextlib import suppress
+
 from django.apps import AppConfig
+from django.core.exceptions import ImproperlyConfigured
 from django.db.models.signals import post_migrate
 
 
@@ -8,10 +11,19 @@ class AsyncJobsConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self) -> None:
-        # checks registers our checks. Importing Django's tasks framework, if
-        # it is there, registers those of the TASKS backends (JobsBackend's
-        # too), which otherwise only run once something imported it.
-        from async_jobs import checks, tasks_framework  # noqa: F401
+        """Plug the upper layers into the core (``hooks.py``); register checks."""
+        from async_jobs import checks, hooks  # noqa: F401 (checks registers them)
         from async_jobs.claiming import create_claim_function
+        from async_jobs.execution import execute_now
+        from async_jobs.groups import close_finished_groups
+        from async_jobs.recurrence import schedule_next_occurrences
 
+        # A series goes on before its group is looked at: the order of old.
+        hooks.on_settled(schedule_next_occurrences)
+        hooks.on_settled(close_finished_groups)
+        hooks.set_executor(execute_now)
+        # Django's tasks framework, where installed: jobs may name its Tasks,
+        # and the checks of the TASKS backends (JobsBackend's too) run.
+        with suppress(ImproperlyConfigured):
+            from async_jobs import backends  # noqa: F401
         post_migrate.connect(create_claim_function, sender=self)

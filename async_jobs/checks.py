@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from django.conf import settings
-from django.core.checks import Error, Tags, register
+from django.core.checks import CheckMessage, Error, Tags, register
 
-from async_jobs.conf import problems
+from async_jobs.conf import check
 
 
 @register(Tags.compatibility)
-def check_settings(app_configs: Any = None, **kwargs: Any) -> list[Error]:
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[CheckMessage]:
     return [
-        Error(message, id="async_jobs.E001")
-        for message in problems(getattr(settings, "ASYNC_JOBS", {}))
+        Error(problem.message, hint=problem.hint or None, id=problem.id)
+        for problem in check(getattr(settings, "ASYNC_JOBS", {}))
     ]

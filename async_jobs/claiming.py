@@ -1,13 +1,13 @@
 """Claiming due jobs: the one query that decides which job a worker runs next.
 
 On PostgreSQL the claim is the function ``async_jobs_claim`` (migration 0002
-says why), and the claimed rows are locked with ``FOR UPDATE SKIP LOCKED`` in
-the worker's transaction: other workers pass over them without waiting, and the
-lock lasts exactly as long as the job's transaction, so a worker that dies
-releases its job at once. SQLite has no row locks; there the worker's
-transaction begins with ``BEGIN IMMEDIATE``, taking the database's single
-write lock before it reads, so a second worker waits rather than reading the
-same job.
+says why; its SQL is in ``sql/``), and the claimed rows are locked with ``FOR
+UPDATE SKIP LOCKED`` in the worker's transaction: other workers pass over them
+without waiting, and the lock lasts exactly as long as the job's transaction,
+so a worker that dies releases its job at once. SQLite has no row locks; there
+the worker's transaction writes first (an UPDATE of no row), which takes the
+database's single write lock before it reads, so a second worker waits rather
+than reading the same job.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
-from importlib import import_module
+from pathlib import Path
 from weakref import WeakKeyDictionary
 
 from django.db import connections, transaction
@@ -32,55 +32,41 @@ SQLITE_LOCK_WAIT_MS = 24 * 60 * 60 * 1000
 def claim_transaction(using: str) -> Iterator[None]:
     """The transaction a worker claims and runs its jobs in."""
     connection = connections[using]
-    if connection.vendor != "sqlite" or connection.in_atomic_block:
-        with transaction.atomic(using=using):
-            yield
-        return
-    connection.ensure_connection()
+    if connection.vendor == "sqlite":
+        connection.ensure_connection()
+        with connection.cursor() as cursor:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_MS}")
+    with transaction.atomic(using=using):
+        if connection.vendor == "sqlite":
+            _take_sqlite_write_lock(connection)
+        yield
+
+
+def _take_sqlite_write_lock(connection: BaseDatabaseWrapper) -> None:
+    """Take SQLite's write lock now, before the claim reads.
+
+    A statement that may write takes it when it starts, whatever rows it
+    matches; a read first would let two workers read the same due job.
+    """
+    quote = connection.ops.quote_name
+    pk = quote(Job._meta.pk.column)
     with connection.cursor() as cursor:
-        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_LOCK_WAIT_MS}")
-    previous = connection.transaction_mode
-    connection.transaction_mode = "IMMEDIATE"
-    try:
-        with transaction.atomic(using=using):
-            connection.transaction_mode = previous
-            yield
-    finally:
-        connection.transaction_mode = previous
+        cursor.execute(
+            f"UPDATE {quote(Job._meta.db_table)} SET {pk} = {pk} WHERE {pk} IS NULL"
+        )
 
 
-def claim(
-    using: str,
-    queues: Sequence[str] = (),
-    limit: int = 1,
-    savepoint: str | None = None,
-) -> list[Job]:
+def claim(using: str, queues: Sequence[str] = (), limit: int = 1) -> list[Job]:
     """Lock and return up to ``limit`` due jobs, best first.
 
-    Must run inside ``claim_transaction()``: the lock ends with it. With
-    ``savepoint``, also set that savepoint (for the first job to run in) once
-    the jobs are locked: in the claim's own round trip, where the driver
-    allows it.
+    Must run inside ``claim_transaction()``: the lock ends with it.
     """
     connection = connections[using]
     now = timezone.now()
     if connection.vendor == "postgresql":
-        jobs, savepoint_set = _claim_on_postgresql(using, queues, limit, now, savepoint)
-    else:
-        jobs, savepoint_set = _claim(using, queues, limit, now), False
-    if savepoint is not None and not savepoint_set:
-        with connection.cursor() as cursor:
-            cursor.execute(connection.ops.savepoint_create_sql(savepoint))
-    return jobs
-
-
-def _claim(using: str, queues: Sequence[str], limit: int, now: datetime) -> list[Job]:
-    jobs = Job.objects.using(using).filter(
-        status=Job.Status.PENDING, run_after__lte=now
-    )
-    if queues:
-        jobs = jobs.filter(queue__in=queues)
-    if connections[using].features.has_select_for_update_skip_locked:
+        return _claim_on_postgresql(using, queues, limit, now)
+    jobs = Job.objects.using(using).due(now).in_queues(queues)
+    if connection.features.has_select_for_update_skip_locked:
         jobs = jobs.select_for_update(skip_locked=True)
     return list(jobs.order_by("-priority", "run_after", "id")[:limit])
 
@@ -91,24 +77,14 @@ _CLAIM = "SELECT {columns} FROM async_jobs_claim(%s::varchar[], %s, %s::integer)
 
 
 def _claim_on_postgresql(
-    using: str,
-    queues: Sequence[str],
-    limit: int,
-    now: datetime,
-    savepoint: str | None,
-) -> tuple[list[Job], bool]:
-    """The claimed jobs, and whether ``savepoint`` was set with them."""
+    using: str, queues: Sequence[str], limit: int, now: datetime
+) -> list[Job]:
     connection = connections[using]
     reading = _rows_to_jobs(connection)
-    params = [list(queues) or None, now, limit]
     with connection.cursor() as cursor:
-        together = savepoint is not None and _runs_statements_together(cursor)
-        query = reading.query
-        if together:
-            query += f"; {connection.ops.savepoint_create_sql(savepoint)}"
-        cursor.execute(query, params)
+        cursor.execute(reading.query, [list(queues) or None, now, limit])
         rows = cursor.fetchall()
-    return [reading.job(connection, row) for row in rows], together
+    return [reading.job(connection, row) for row in rows]
 
 
 class _RowsToJobs:
@@ -149,10 +125,9 @@ def _rows_to_jobs(connection: BaseDatabaseWrapper) -> _RowsToJobs:
     return _readers[connection]
 
 
-#: The migration that creates the claim function, whose SQL
-#: ``create_claim_function()`` runs where migrations didn't. (A later
-#: migration that replaces the function takes its place here.)
-_CLAIM_FUNCTION_MIGRATION = "async_jobs.migrations.0002_claim_function"
+#: The SQL that creates the claim function, as its latest migration runs it;
+#: ``create_claim_function()`` runs it where migrations didn't.
+CLAIM_FUNCTION_SQL = Path(__file__).parent / "sql" / "0002_claim_function.sql"
 
 
 def create_claim_function(*, using: str, **kwargs: object) -> None:
@@ -173,18 +148,4 @@ def create_claim_function(*, using: str, **kwargs: object) -> None:
         )
         (missing,) = cursor.fetchone()
         if missing:
-            cursor.execute(import_module(_CLAIM_FUNCTION_MIGRATION).CREATE)
-
-
-def _runs_statements_together(cursor) -> bool:
-    """Whether one ``execute()`` may send several statements, and read the first's rows.
-
-    psycopg 3's client-side binding cursor, Django's default, can: it sends
-    the statements as one simple query. A server-side binding cursor can't,
-    and psycopg 2 reads the last statement's rows.
-    """
-    try:
-        from psycopg import ClientCursor
-    except ImportError:
-        return False
-    return isinstance(cursor.cursor, ClientCursor)
+            cursor.execute(CLAIM_FUNCTION_SQL.read_text())

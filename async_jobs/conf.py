@@ -1,17 +1,21 @@
-"""The ``ASYNC_JOBS`` setting: its defaults, and the rules a value must follow.
+"""The ``ASYNC_JOBS`` setting: each key declared once, with its default and rule.
 
 Every key is optional. A bad value is reported by the system checks at start-up
-(see ``checks.py``) and, should code run without them, raised as
-``ImproperlyConfigured`` the first time the setting is read.
+(``checks.py``), each kind of problem under its own id, and, should code run
+without them, raised as ``ImproperlyConfigured`` the first time the setting is
+read. ``docs/settings.rst`` documents every key; a test holds the two together.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
+from typing import Any, NamedTuple
 
+from django.apps import apps
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.core.signals import setting_changed
@@ -20,39 +24,11 @@ from django.dispatch import receiver
 
 #: How long ``prune_jobs`` keeps a finished job, by status; failures the longest,
 #: as they are what someone comes back to look at.
-PRUNE_AFTER_DEFAULTS = {
+PRUNE_AFTER_DEFAULTS: dict[str, timedelta | None] = {
     "succeeded": timedelta(days=7),
     "cancelled": timedelta(days=7),
     "failed": timedelta(days=30),
 }
-
-DEFAULTS = {
-    "DATABASE": None,
-    "QUEUES": None,
-    "MAX_ATTEMPTS": 3,
-    "BACKOFF_BASE": 10,
-    "BACKOFF_MAX": 3600,
-    "BACKOFF_JITTER": 0.25,
-    "ALLOWED_MODULES": None,
-    "BATCH_SIZE": 1,
-    "POLL_INTERVAL": 1.0,
-    # A dict given in the setting is merged over this one.
-    "PRUNE_AFTER": PRUNE_AFTER_DEFAULTS,
-}
-
-
-@dataclass(frozen=True)
-class JobsSettings:
-    database: str | None
-    queues: tuple[str, ...] | None
-    max_attempts: int
-    backoff_base: float
-    backoff_max: float
-    backoff_jitter: float
-    allowed_modules: tuple[str, ...] | None
-    batch_size: int
-    poll_interval: float
-    prune_after: dict[str, timedelta | None]
 
 
 def is_number(value: object) -> bool:
@@ -64,16 +40,67 @@ def is_number(value: object) -> bool:
     )
 
 
+def is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _is_str_list(value: object) -> bool:
     return isinstance(value, list | tuple) and all(
         isinstance(item, str) and item for item in value
     )
 
 
+class Problem(NamedTuple):
+    """One thing wrong with the setting: its check id, message and hint."""
+
+    id: str
+    message: str
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One key of ``ASYNC_JOBS``: its default, its rule, and how it is used."""
+
+    name: str
+    default: Any
+    #: The check id a bad value is reported under.
+    check_id: str
+    #: The messages for a bad value (none when it is good).
+    validate: Callable[[Any], list[str]]
+    #: What it is for, in a line: the hint of a check that reports it.
+    doc: str = ""
+    #: The value as the code uses it (a tuple for a list, say).
+    convert: Callable[[Any], Any] = lambda value: value
+
+    @property
+    def attribute(self) -> str:
+        return self.name.lower()
+
+
+def _rule(test: Callable[[Any], bool], must: str) -> Callable[[Any], list[str]]:
+    """A validator from a test and the rule it states, for a one-line message."""
+
+    def validate(value: Any) -> list[str]:
+        return [] if test(value) else [must.format(value=value)]
+
+    return validate
+
+
+def _database_problems(value: object) -> list[str]:
+    if value is None or value in settings.DATABASES:
+        return []
+    return [
+        f"ASYNC_JOBS['DATABASE'] is {value!r}, which is not a key of DATABASES "
+        f"({', '.join(map(repr, settings.DATABASES))})."
+    ]
+
+
 def _as_age(value: object) -> timedelta | None:
     """A prune age as a ``timedelta``: from a ``timedelta`` or seconds."""
     if value is None or isinstance(value, timedelta):
         return value
+    assert isinstance(value, int | float)
     return timedelta(seconds=value)
 
 
@@ -106,80 +133,174 @@ def _prune_after_problems(value: object) -> list[str]:
     return found
 
 
-def problems(raw: object) -> list[str]:
-    """Describe everything wrong with a raw ``ASYNC_JOBS`` value."""
+def _optional_tuple(value: Any) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+#: Every key of ``ASYNC_JOBS``, in the order docs/settings.rst gives them.
+SETTINGS = (
+    Setting(
+        "DATABASE",
+        None,
+        "async_jobs.E010",
+        _database_problems,
+        doc="The alias of the database that holds the jobs (None: the routers').",
+    ),
+    Setting(
+        "QUEUES",
+        None,
+        "async_jobs.E011",
+        _rule(
+            lambda value: value is None or (_is_str_list(value) and bool(value)),
+            "ASYNC_JOBS['QUEUES'] must be None or a non-empty list of queue names, "
+            "not {value!r}.",
+        ),
+        doc="The only queue names schedule() and flush_queue accept (None: any).",
+        convert=_optional_tuple,
+    ),
+    Setting(
+        "MAX_ATTEMPTS",
+        3,
+        "async_jobs.E012",
+        _rule(
+            lambda value: is_int(value) and value >= 1,
+            "ASYNC_JOBS['MAX_ATTEMPTS'] must be an integer of at least 1, "
+            "not {value!r}.",
+        ),
+        doc="How many times a job is tried before it is failed.",
+    ),
+    Setting(
+        "BACKOFF_BASE",
+        10,
+        "async_jobs.E013",
+        _rule(
+            lambda value: is_number(value) and value >= 0,
+            "ASYNC_JOBS['BACKOFF_BASE'] must be a number of seconds >= 0, "
+            "not {value!r}.",
+        ),
+        doc="Seconds before the first retry; each further one waits twice as long.",
+    ),
+    Setting(
+        "BACKOFF_MAX",
+        3600,
+        "async_jobs.E014",
+        _rule(
+            lambda value: is_number(value) and value >= 0,
+            "ASYNC_JOBS['BACKOFF_MAX'] must be a number of seconds >= 0, "
+            "not {value!r}.",
+        ),
+        doc="The longest wait between two attempts, in seconds, before jitter.",
+    ),
+    Setting(
+        "BACKOFF_JITTER",
+        0.25,
+        "async_jobs.E015",
+        _rule(
+            lambda value: is_number(value) and 0 <= value <= 1,
+            "ASYNC_JOBS['BACKOFF_JITTER'] must be a number from 0 to 1, not {value!r}.",
+        ),
+        doc="How much each wait varies at random, as a fraction.",
+    ),
+    Setting(
+        "ALLOWED_MODULES",
+        None,
+        "async_jobs.E016",
+        _rule(
+            lambda value: value is None or _is_str_list(value),
+            "ASYNC_JOBS['ALLOWED_MODULES'] must be None or a list of module names, "
+            "not {value!r}.",
+        ),
+        doc="The modules whose functions jobs may run (None: the project's own).",
+        convert=_optional_tuple,
+    ),
+    Setting(
+        "BATCH_SIZE",
+        1,
+        "async_jobs.E017",
+        _rule(
+            lambda value: is_int(value) and value >= 1,
+            "ASYNC_JOBS['BATCH_SIZE'] must be an integer of at least 1 (jobs per "
+            "worker transaction), not {value!r}.",
+        ),
+        doc="How many due jobs a worker claims and runs per transaction.",
+    ),
+    Setting(
+        "POLL_INTERVAL",
+        1.0,
+        "async_jobs.E018",
+        _rule(
+            lambda value: is_number(value) and value > 0,
+            "ASYNC_JOBS['POLL_INTERVAL'] must be a number of seconds > 0, "
+            "not {value!r}.",
+        ),
+        doc="How often, in seconds, an idle flush_queue --loop looks for due jobs.",
+    ),
+    Setting(
+        "PRUNE_AFTER",
+        PRUNE_AFTER_DEFAULTS,
+        "async_jobs.E019",
+        _prune_after_problems,
+        doc="How long prune_jobs keeps a finished job, by status (merged over "
+        "the default).",
+        convert=lambda value: {
+            status: _as_age(age)
+            for status, age in {**PRUNE_AFTER_DEFAULTS, **value}.items()
+        },
+    ),
+)
+
+#: The default of every key, by name.
+DEFAULTS = {setting.name: setting.default for setting in SETTINGS}
+
+#: ``ASYNC_JOBS`` is not a dict; it has a key that isn't one of ``SETTINGS``.
+NOT_A_DICT = "async_jobs.E001"
+UNKNOWN_KEY = "async_jobs.E002"
+
+
+@dataclass(frozen=True)
+class JobsSettings:
+    """The validated setting, as the code reads it: ``jobs_settings().queues``."""
+
+    database: str | None
+    queues: tuple[str, ...] | None
+    max_attempts: int
+    backoff_base: float
+    backoff_max: float
+    backoff_jitter: float
+    allowed_modules: tuple[str, ...] | None
+    batch_size: int
+    poll_interval: float
+    prune_after: dict[str, timedelta | None]
+
+
+def check(raw: object) -> list[Problem]:
+    """Everything wrong with a raw ``ASYNC_JOBS`` value, each with its check id."""
     if not isinstance(raw, dict):
-        return [f"ASYNC_JOBS must be a dict, not {type(raw).__name__}."]
+        return [
+            Problem(NOT_A_DICT, f"ASYNC_JOBS must be a dict, not {type(raw).__name__}.")
+        ]
     found = []
-    unknown = sorted(set(raw) - set(DEFAULTS))
+    unknown = sorted(set(raw) - set(DEFAULTS), key=str)
     if unknown:
         found.append(
-            f"ASYNC_JOBS has unknown key(s) {', '.join(map(repr, unknown))}; "
-            f"allowed keys are {', '.join(DEFAULTS)}."
-        )
-    value = {**DEFAULTS, **raw}
-    if value["DATABASE"] is not None and value["DATABASE"] not in settings.DATABASES:
-        found.append(
-            f"ASYNC_JOBS['DATABASE'] is {value['DATABASE']!r}, which is not a key "
-            f"of DATABASES ({', '.join(map(repr, settings.DATABASES))})."
-        )
-    if value["QUEUES"] is not None and not (
-        _is_str_list(value["QUEUES"]) and value["QUEUES"]
-    ):
-        found.append(
-            "ASYNC_JOBS['QUEUES'] must be None or a non-empty list of queue names, "
-            f"not {value['QUEUES']!r}."
-        )
-    max_attempts = value["MAX_ATTEMPTS"]
-    if not (isinstance(max_attempts, int) and not isinstance(max_attempts, bool)) or (
-        max_attempts < 1
-    ):
-        found.append(
-            f"ASYNC_JOBS['MAX_ATTEMPTS'] must be an integer of at least 1, "
-            f"not {max_attempts!r}."
-        )
-    for key in ("BACKOFF_BASE", "BACKOFF_MAX"):
-        if not is_number(value[key]) or value[key] < 0:
-            found.append(
-                f"ASYNC_JOBS[{key!r}] must be a number of seconds >= 0, "
-                f"not {value[key]!r}."
+            Problem(
+                UNKNOWN_KEY,
+                f"ASYNC_JOBS has unknown key(s) {', '.join(map(repr, unknown))}; "
+                f"allowed keys are {', '.join(DEFAULTS)}.",
             )
-    jitter = value["BACKOFF_JITTER"]
-    if not is_number(jitter) or not 0 <= jitter <= 1:
-        found.append(
-            f"ASYNC_JOBS['BACKOFF_JITTER'] must be a number from 0 to 1, "
-            f"not {jitter!r}."
         )
-    if value["ALLOWED_MODULES"] is not None and not _is_str_list(
-        value["ALLOWED_MODULES"]
-    ):
-        found.append(
-            "ASYNC_JOBS['ALLOWED_MODULES'] must be None or a list of module names, "
-            f"not {value['ALLOWED_MODULES']!r}."
-        )
-    found.extend(_prune_after_problems(value["PRUNE_AFTER"]))
-    found.extend(_worker_problems(value))
+    for setting in SETTINGS:
+        value = raw.get(setting.name, setting.default)
+        found += [
+            Problem(setting.check_id, message, setting.doc)
+            for message in setting.validate(value)
+        ]
     return found
 
 
-def _worker_problems(value: dict) -> list[str]:
-    found = []
-    batch_size = value["BATCH_SIZE"]
-    if (
-        not isinstance(batch_size, int)
-        or isinstance(batch_size, bool)
-        or batch_size < 1
-    ):
-        found.append(
-            "ASYNC_JOBS['BATCH_SIZE'] must be an integer of at least 1 (jobs per "
-            f"worker transaction), not {batch_size!r}."
-        )
-    if not is_number(value["POLL_INTERVAL"]) or value["POLL_INTERVAL"] <= 0:
-        found.append(
-            "ASYNC_JOBS['POLL_INTERVAL'] must be a number of seconds > 0, "
-            f"not {value['POLL_INTERVAL']!r}."
-        )
-    return found
+def problems(raw: object) -> list[str]:
+    """The messages of :func:`check`."""
+    return [problem.message for problem in check(raw)]
 
 
 @cache
@@ -189,33 +310,21 @@ def jobs_settings() -> JobsSettings:
     found = problems(raw)
     if found:
         raise ImproperlyConfigured(" ".join(found))
-    value = {**DEFAULTS, **raw}
     return JobsSettings(
-        database=value["DATABASE"],
-        queues=None if value["QUEUES"] is None else tuple(value["QUEUES"]),
-        max_attempts=value["MAX_ATTEMPTS"],
-        backoff_base=value["BACKOFF_BASE"],
-        backoff_max=value["BACKOFF_MAX"],
-        backoff_jitter=value["BACKOFF_JITTER"],
-        allowed_modules=(
-            None
-            if value["ALLOWED_MODULES"] is None
-            else tuple(value["ALLOWED_MODULES"])
-        ),
-        batch_size=value["BATCH_SIZE"],
-        poll_interval=value["POLL_INTERVAL"],
-        prune_after={
-            status: _as_age(age)
-            for status, age in {**PRUNE_AFTER_DEFAULTS, **value["PRUNE_AFTER"]}.items()
-        },
+        **{
+            setting.attribute: setting.convert(raw.get(setting.name, setting.default))
+            for setting in SETTINGS
+        }
     )
 
 
 def jobs_database() -> str:
     """The alias of the database that holds the jobs."""
-    from async_jobs.models import Job
-
-    return jobs_settings().database or router.db_for_write(Job) or DEFAULT_DB_ALIAS
+    return (
+        jobs_settings().database
+        or router.db_for_write(apps.get_model("async_jobs", "Job"))
+        or DEFAULT_DB_ALIAS
+    )
 
 
 @receiver(setting_changed)

@@ -11,9 +11,10 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
+from async_jobs.allowlist import function_path
 from async_jobs.conf import jobs_settings
-from async_jobs.functions import function_path
-from async_jobs.scheduling import schedule, validate_meta
+from async_jobs.scheduling import schedule
+from async_jobs.validation import validate_meta
 
 if TYPE_CHECKING:
     from async_jobs.models import Job

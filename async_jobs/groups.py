@@ -17,56 +17,15 @@ the completion job, in the same transaction that records its job's outcome.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from async_jobs.models import Group, Job
+from async_jobs.inserting import insert_job
+from async_jobs.models import Group, Job, held
 from async_jobs.notifications import notify_on_commit
-
-#: ``run_after`` of a completion job whose group has not finished yet.
-HELD = datetime(9999, 1, 1, tzinfo=UTC)
-
-
-def held() -> datetime:
-    """:data:`HELD` as a datetime the database takes: naive without ``USE_TZ``."""
-    return HELD if settings.USE_TZ else timezone.make_naive(HELD, UTC)
-
-
-@dataclass(frozen=True)
-class GroupProgress:
-    """How far a group has come; its completion job is not counted."""
-
-    total: int
-    pending: int
-    succeeded: int
-    failed: int
-    cancelled: int
-
-    @property
-    def done(self) -> int:
-        return self.total - self.pending
-
-    @property
-    def finished(self) -> bool:
-        return self.total > 0 and self.pending == 0
-
-
-def progress(group: Group) -> GroupProgress:
-    counts = dict(
-        group.jobs.order_by().values_list("status").annotate(count=Count("id"))
-    )
-    return GroupProgress(
-        total=sum(counts.values()),
-        pending=counts.get(Job.Status.PENDING, 0),
-        succeeded=counts.get(Job.Status.SUCCEEDED, 0),
-        failed=counts.get(Job.Status.FAILED, 0),
-        cancelled=counts.get(Job.Status.CANCELLED, 0),
-    )
 
 
 def held_run_after(run_after: object) -> datetime:
@@ -115,7 +74,7 @@ def save_in_group(job: Job, using: str) -> None:
                     f"Group {completes!r} (#{group.pk}) already has a completion "
                     f"job, #{group.completion_id}."
                 )
-        job.save(using=using, force_insert=True)
+        insert_job(job, using)
         if completes is not None:
             group.completion = job
             group.save(using=using, update_fields=["completion"])
@@ -136,10 +95,16 @@ def join_open_groups(jobs: Sequence[Job], using: str) -> None:
             job.group = locked[job.meta["group"]]
 
 
-def jobs_settled(group_ids: Iterable[int | None], using: str) -> None:
-    """Jobs of these groups reached a final status: close the finished groups.
+def close_finished_groups(jobs: Sequence[Job], using: str) -> None:
+    """``hooks.settled``: the groups of these jobs may have finished; close them."""
+    _close_finished([job.group_id for job in jobs], using)
 
-    Must run in the transaction that recorded those statuses.
+
+def _close_finished(group_ids: Iterable[int | None], using: str) -> None:
+    """Close the groups, among these, whose last job has finished.
+
+    Must run in the transaction that recorded those jobs' statuses. The
+    groups are locked in a fixed order, so two workers can't deadlock on them.
     """
     for group_id in sorted(set(group_ids) - {None}):
         group = Group.objects.using(using).select_for_update().get(pk=group_id)
@@ -156,7 +121,7 @@ def delete_jobs(jobs: QuerySet[Job]) -> None:
     with transaction.atomic(using=using):
         group_ids = list(jobs.order_by().values_list("group_id", flat=True))
         jobs.delete()
-        jobs_settled(group_ids, using)
+        _close_finished(group_ids, using)
 
 
 def _close_if_finished(group: Group, using: str) -> None:
@@ -171,8 +136,6 @@ def _close_if_finished(group: Group, using: str) -> None:
     group.finished = timezone.now()
     group.save(using=using, update_fields=["finished"])
     if group.completion_id is not None:
-        released = Job.objects.using(using).filter(
-            pk=group.completion_id, status=Job.Status.PENDING
-        )
+        released = Job.objects.using(using).pending().filter(pk=group.completion_id)
         if released.update(run_after=group.finished):
             notify_on_commit(using, released.only("queue", "run_after"))

@@ -1,10 +1,13 @@
-"""Inserting many new jobs with one statement: ``schedule_many()``'s write.
+"""Writing new jobs, and announcing them once they have committed.
 
-On PostgreSQL the rows travel as one JSON document that the server unpacks
-with ``jsonb_to_recordset()``: Python's C encoder writes it, where
-``bulk_create()`` prepares every field of every row in Python, three times
-as slow for a job row of 17 columns. Elsewhere ``bulk_create()`` does it.
-Either way the jobs get their primary keys, as ``bulk_create()`` gives them.
+Every path that inserts a job goes through ``insert_job()`` or
+``insert_jobs()``, so workers are woken and ``job_scheduled`` is sent for each.
+``insert_jobs()`` writes many with one statement: on PostgreSQL the rows travel
+as one JSON document that the server unpacks with ``jsonb_to_recordset()``:
+Python's C encoder writes it, where ``bulk_create()`` prepares every field of
+every row in Python, three times as slow for a job row of 17 columns. Elsewhere
+``bulk_create()`` does it. Either way the jobs get their primary keys, as
+``bulk_create()`` gives them.
 """
 
 from __future__ import annotations
@@ -12,13 +15,38 @@ from __future__ import annotations
 import json
 from datetime import datetime
 
-from django.db import connections
+from django.db import connections, transaction
 
 from async_jobs.models import Job
+from async_jobs.notifications import notify_on_commit
+from async_jobs.signals import job_scheduled
+
+
+def insert_job(job: Job, using: str) -> None:
+    """Insert a new, already checked job; announce it."""
+    job.save(using=using, force_insert=True)
+    announce([job], using)
 
 
 def insert_jobs(jobs: list[Job], using: str) -> None:
-    """Insert new, already checked jobs; give each its ``pk``."""
+    """Insert new, already checked jobs; give each its ``pk``; announce them."""
+    _insert_rows(jobs, using)
+    announce(jobs, using)
+
+
+def announce(jobs: list[Job], using: str) -> None:
+    """Once the transaction commits: wake workers, then send ``job_scheduled``."""
+    notify_on_commit(using, jobs)
+    for job in jobs:
+        transaction.on_commit(
+            # A lambda, not a partial: Django logs a robust hook's __qualname__.
+            lambda job=job: job_scheduled.send(sender=Job, job=job),
+            using=using,
+            robust=True,  # the job is committed: a receiver's error can't undo it
+        )
+
+
+def _insert_rows(jobs: list[Job], using: str) -> None:
     connection = connections[using]
     if connection.vendor != "postgresql":
         Job.objects.using(using).bulk_create(jobs)

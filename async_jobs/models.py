@@ -1,13 +1,143 @@
+"""The jobs, their groups and errors; the queries callers ask about; every state change.
+
+A job's status changes only here: ``cancel()``, ``requeue()`` and the
+recording of an attempt's outcome (``record_failure()``,
+``JobQuerySet.record_successes()``). What the scheduling features do when a
+job reaches a final status is reached through ``hooks.settled()``.
+"""
+
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import random
+import traceback
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
+from typing import Any
 
-from django.db import models, transaction
-from django.db.models import Q
+from django.conf import settings
+from django.db import IntegrityError, connections, models, transaction
+from django.db.models import Count, Q
 from django.utils import timezone
 
-if TYPE_CHECKING:
-    from async_jobs.groups import GroupProgress
+from async_jobs import hooks
+from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
+from async_jobs.notifications import notify_on_commit
+
+#: ``run_after`` of a group's completion job while its group has not finished.
+HELD = datetime(9999, 1, 1, tzinfo=dt_timezone.utc)
+
+
+def held() -> datetime:
+    """:data:`HELD` as a datetime the database takes: naive without ``USE_TZ``."""
+    return HELD if settings.USE_TZ else timezone.make_naive(HELD, dt_timezone.utc)
+
+
+class JobQuerySet(models.QuerySet):
+    """The shapes of jobs callers ask about."""
+
+    def pending(self) -> JobQuerySet:
+        return self.filter(status=Job.Status.PENDING)
+
+    def due(self, now: datetime | None = None) -> JobQuerySet:
+        """Pending jobs whose ``run_after`` has passed: what a worker runs next."""
+        return self.pending().filter(run_after__lte=now or timezone.now())
+
+    def finished(self) -> JobQuerySet:
+        return self.exclude(status=Job.Status.PENDING)
+
+    def in_queues(self, queues: Sequence[str]) -> JobQuerySet:
+        """Jobs of these queues; of every queue when none is named."""
+        return self.filter(queue__in=queues) if queues else self
+
+    def cancel(self) -> list[Job]:
+        """Cancel the pending jobs among these; return the jobs cancelled.
+
+        A job a worker is running right now is waited for (its row lock), then
+        left alone unless it is pending again. The features are told in the
+        same transaction (a group may finish; a series ends).
+        """
+        using = self.db
+        with transaction.atomic(using=using):
+            jobs = list(
+                self.pending()
+                .select_for_update()
+                .only("pk", "status", "group_id")
+                .order_by("pk")
+            )
+            if jobs:
+                now = timezone.now()
+                Job.objects.using(using).filter(pk__in=[job.pk for job in jobs]).update(
+                    status=Job.Status.CANCELLED, finished=now
+                )
+                for job in jobs:
+                    job.status, job.finished = Job.Status.CANCELLED, now
+                hooks.settled(jobs, using)
+        return jobs
+
+    def record_successes(self, jobs: Sequence[Job]) -> None:
+        """Write the outcome of attempts that succeeded.
+
+        On PostgreSQL a batch's successes are written by one ``UPDATE ... FROM
+        (VALUES ...)``.
+        """
+        connection = connections[self.db]
+        if len(jobs) < 2 or connection.vendor != "postgresql":
+            for job in jobs:
+                job.record(self.db)
+            return
+        quote = connection.ops.quote_name
+        table, pk = quote(Job._meta.db_table), quote(Job._meta.pk.column)
+        fields = [Job._meta.get_field(name) for name in _SUCCESS_FIELDS]
+        columns = [quote(field.column) for field in fields]
+        assignments = ", ".join(
+            f"{column} = v.{column}::{field.db_type(connection)}"
+            for column, field in zip(columns, fields, strict=True)
+        )
+        row = f"(%s{', %s' * len(fields)})"
+        values: list[Any] = [Job.Status.SUCCEEDED]
+        for job in jobs:
+            values.append(job.pk)
+            values += [
+                field.get_db_prep_save(getattr(job, field.attname), connection)
+                for field in fields
+            ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {table} SET {quote('status')} = %s, {assignments} "
+                f"FROM (VALUES {', '.join([row] * len(jobs))}) "
+                f"AS v({pk}, {', '.join(columns)}) WHERE {table}.{pk} = v.{pk}",
+                values,
+            )
+
+
+#: What recording an attempt writes.
+_RECORDED_FIELDS = [
+    "status",
+    "result",
+    "attempts",
+    "attempt_log",
+    "started",
+    "finished",
+    "run_after",
+]
+#: What a success changes (its status aside): written for a batch at once.
+_SUCCESS_FIELDS = ["result", "attempts", "attempt_log", "started", "finished"]
+
+
+def retry_delay(attempt: int, config: JobsSettings) -> timedelta:
+    """The wait before the attempt after ``attempt`` (1 for the first).
+
+    Exponential, with jitter: the retries of jobs that failed together (a
+    flaky API, a deploy) don't all come back at the same second.
+    """
+    try:
+        delay = min(config.backoff_max, config.backoff_base * 2 ** (attempt - 1))
+    except OverflowError:  # a float base after some 1,000 attempts
+        delay = config.backoff_max
+    delay *= 1 + random.uniform(-config.backoff_jitter, config.backoff_jitter)
+    return timedelta(seconds=delay)
 
 
 class Job(models.Model):
@@ -62,6 +192,8 @@ class Job(models.Model):
         help_text="Identity of a unique job (meta['unique']); one pending at a time.",
     )
 
+    objects = JobQuerySet.as_manager()
+
     class Meta:
         constraints = [
             # Race-free unique jobs: a second pending twin can't be inserted.
@@ -102,9 +234,7 @@ class Job(models.Model):
         recorded (an ``Error`` row, a retry or ``failed``) and the exception is
         raised again.
         """
-        from async_jobs.execution import execute_now
-
-        return execute_now(self)
+        return hooks.execute(self)
 
     __call__ = execute
     # A template that shows a job (the admin's does) must never run it.
@@ -115,38 +245,163 @@ class Job(models.Model):
 
         A job that a worker is running right now is waited for, then refused.
         """
-        from async_jobs.conf import jobs_database
-
         using = self._state.db or jobs_database()
-        with transaction.atomic(using=using):
-            now = timezone.now()
-            cancelled = (
-                Job.objects.using(using)
-                .filter(pk=self.pk, status=Job.Status.PENDING)
-                .update(status=Job.Status.CANCELLED, finished=now)
+        cancelled = Job.objects.using(using).filter(pk=self.pk).cancel()
+        if not cancelled:
+            self.refresh_from_db(using=using, fields=["status"])
+            raise ValueError(
+                f"Job {self.pk} is {self.status}; only a pending job can be cancelled."
             )
-            if not cancelled:
-                self.refresh_from_db(using=using, fields=["status"])
-                raise ValueError(
-                    f"Job {self.pk} is {self.status}; only a pending job can be "
-                    "cancelled."
-                )
-            from async_jobs.groups import jobs_settled
-
-            jobs_settled([self.group_id], using)
-        self.status = Job.Status.CANCELLED
-        self.finished = now
+        self.status, self.finished = cancelled[0].status, cancelled[0].finished
 
     def requeue(self) -> None:
         """Put a failed or cancelled job back in the queue, due now.
 
         Its attempts start again from zero (it gets ``max_attempts`` fresh
         tries); its ``Error`` rows stay, as the history of the earlier runs.
-        Groups, series and unique jobs stay consistent: see ``requeuing.py``.
-        """
-        from async_jobs.requeuing import requeue
+        Jobs tied to others need more, decided under the locks their own code
+        takes, in the same order (a completed group, the job, the group it
+        belongs to), so nothing deadlocks and no group closes half-way:
 
-        requeue(self)
+        * a job of a group that is still open is pending again before the
+          group can close, so the group (and its completion job) waits for it.
+          If the group has finished meanwhile, the job runs on its own;
+        * a group's completion job stays held while its group is open;
+        * a failed occurrence of a recurring job already scheduled its series'
+          next occurrence, so it runs again once, without ``repeat``:
+          continuing the series a second time would fork it. A cancelled
+          occurrence ended its series; run again, it carries it on;
+        * a unique job can't be pending next to a pending twin: that is refused.
+        """
+        using = self._state.db or jobs_database()
+        with transaction.atomic(using=using):
+            completes = list(
+                Group.objects.using(using)
+                .select_for_update()
+                .filter(completion_id=self.pk)
+                .order_by("pk")
+            )
+            locked = (
+                Job.objects.using(using)
+                .select_for_update()
+                .only("status", "meta", "group_id", "queue")
+                .filter(pk=self.pk)
+                .first()
+            )
+            if locked is None:
+                raise ValueError(f"Job {self.pk} no longer exists.")
+            if locked.status not in REQUEUABLE:
+                self.status = locked.status
+                raise ValueError(
+                    f"Job {self.pk} is {locked.status}; only a failed or cancelled "
+                    "job can be run again."
+                )
+            if locked.group_id is not None:
+                list(
+                    Group.objects.using(using)
+                    .select_for_update()
+                    .filter(pk=locked.group_id)
+                )
+            waits = any(group.finished is None for group in completes)
+            changes: dict[str, Any] = {
+                "status": Job.Status.PENDING,
+                "attempts": 0,
+                "run_after": held() if waits else timezone.now(),
+                "started": None,
+                "finished": None,
+                "result": None,
+            }
+            if locked.status == Job.Status.FAILED and "repeat" in locked.meta:
+                changes["meta"] = {
+                    key: value
+                    for key, value in locked.meta.items()
+                    if key not in SERIES_KEYS
+                }
+            try:
+                with transaction.atomic(using=using):
+                    Job.objects.using(using).filter(pk=self.pk).update(**changes)
+            except IntegrityError:
+                twin = self._pending_twin(using)
+                if twin is None:
+                    raise
+                raise ValueError(
+                    f"Job {self.pk} is unique and job {twin} with the same key is "
+                    "pending; it can run again once that one has run."
+                ) from None
+            if not waits:
+                locked.run_after = changes["run_after"]
+                notify_on_commit(using, [locked])
+        for field, value in changes.items():
+            setattr(self, field, value)
+
+    def _pending_twin(self, using: str) -> int | None:
+        key = (
+            Job.objects.using(using)
+            .values_list("unique_key", flat=True)
+            .get(pk=self.pk)
+        )
+        return (
+            Job.objects.using(using)
+            .pending()
+            .filter(unique_key=key)
+            .values_list("pk", flat=True)
+            .first()
+        )
+
+    def record(self, using: str) -> None:
+        """Write an attempt's outcome to the job's row with one UPDATE.
+
+        Built by hand rather than by ``save()``: it is the worker's one
+        statement per job, and the ORM's work to compile it took as long as the
+        round trip. (So no ``pre_save``/``post_save``: ``job_finished`` tells.)
+        """
+        connection = connections[using]
+        quote = connection.ops.quote_name
+        fields = [Job._meta.get_field(name) for name in _RECORDED_FIELDS]
+        assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+        values = [
+            field.get_db_prep_save(getattr(self, field.attname), connection)
+            for field in fields
+        ]
+        with connection.cursor() as cursor:
+            cursor.execute(
+                f"UPDATE {quote(Job._meta.db_table)} SET {assignments} "
+                f"WHERE {quote(Job._meta.pk.column)} = %s",
+                [*values, self.pk],
+            )
+
+    def record_failure(
+        self, using: str, exc: BaseException, *, permanent: bool = False
+    ) -> None:
+        """Record a failed attempt: an ``Error`` row, then a retry or ``failed``.
+
+        Still under the row lock of the attempt's transaction, so no other
+        worker can run the job between the failure and its record.
+        ``permanent``: no retry could help; the job fails at once.
+        """
+        now = timezone.now()
+        Error.objects.using(using).create(
+            job=self,
+            attempt=self.attempts,
+            exception=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+            occurred=now,
+        )
+        self.result = None
+        if self.attempts >= self.max_attempts or permanent:
+            self.status = Job.Status.FAILED
+            self.finished = now
+        else:
+            self.status = Job.Status.PENDING
+            self.run_after = now + retry_delay(self.attempts, jobs_settings())
+        self.record(using)
+
+
+#: The statuses a job can be run again from.
+REQUEUABLE = (Job.Status.FAILED, Job.Status.CANCELLED)
+
+#: ``meta`` keys that continue a series; dropped from a failed occurrence.
+SERIES_KEYS = ("repeat", "repeat_until")
 
 
 class Group(models.Model):
@@ -185,9 +440,35 @@ class Group(models.Model):
 
     def progress(self) -> GroupProgress:
         """How many of the group's jobs are in each status (completion job aside)."""
-        from async_jobs.groups import progress
+        counts = dict(
+            self.jobs.order_by().values_list("status").annotate(count=Count("id"))
+        )
+        return GroupProgress(
+            total=sum(counts.values()),
+            pending=counts.get(Job.Status.PENDING, 0),
+            succeeded=counts.get(Job.Status.SUCCEEDED, 0),
+            failed=counts.get(Job.Status.FAILED, 0),
+            cancelled=counts.get(Job.Status.CANCELLED, 0),
+        )
 
-        return progress(self)
+
+@dataclass(frozen=True)
+class GroupProgress:
+    """How far a group has come; its completion job is not counted."""
+
+    total: int
+    pending: int
+    succeeded: int
+    failed: int
+    cancelled: int
+
+    @property
+    def done(self) -> int:
+        return self.total - self.pending
+
+    @property
+    def finished(self) -> bool:
+        return self.total > 0 and self.pending == 0
 
 
 class Error(models.Model):

@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from weakref import WeakKeyDictionary
@@ -38,12 +38,9 @@ logger = logging.getLogger("async_jobs")
 #: NOTIFY payloads are limited to 8000 bytes; past this, name no queues.
 MAX_PAYLOAD = 7000
 
-
-def channel() -> str:
-    """The channel jobs are announced on: the jobs table's name."""
-    from async_jobs.models import Job
-
-    return Job._meta.db_table
+#: The channel jobs are announced on: the jobs table's name (a test holds the
+#: two together; this module sits below the models and can't ask them).
+CHANNEL = "async_jobs_job"
 
 
 def listens(using: str) -> bool:
@@ -57,18 +54,13 @@ def listens(using: str) -> bool:
 
 
 class _Announcement:
-    """The NOTIFY one transaction owes, gathered over the jobs it made due."""
+    """The NOTIFY owed for the jobs made due on one connection, not sent yet."""
 
-    def __init__(self, using: str, hooks: object) -> None:
+    def __init__(self, using: str) -> None:
         self.using = using
-        # The list Django keeps this transaction's on_commit hooks in: a new
-        # list after a commit or rollback (or a savepoint rollback).
-        self.hooks = hooks
         self.queues: set[str] = set()
         self.earliest: float = math.inf
         self.sent = False
-        # One made later in the same transaction, after a savepoint rollback.
-        self.successor: _Announcement | None = None
 
     def add(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
@@ -78,19 +70,13 @@ class _Announcement:
     def send(self) -> None:
         if self.sent:
             return
-        queues, earliest = set(), math.inf
-        announcement = self
-        while announcement is not None:
-            announcement.sent = True
-            queues |= announcement.queues
-            earliest = min(earliest, announcement.earliest)
-            announcement = announcement.successor
-        payload = json.dumps({"queues": sorted(queues), "at": earliest})
+        self.sent = True
+        payload = json.dumps({"queues": sorted(self.queues), "at": self.earliest})
         if len(payload.encode()) > MAX_PAYLOAD:
-            payload = json.dumps({"at": earliest})
+            payload = json.dumps({"at": self.earliest})
         try:
             with connections[self.using].cursor() as cursor:
-                cursor.execute("SELECT pg_notify(%s, %s)", [channel(), payload])
+                cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
         except DatabaseError as exc:
             # The jobs are committed: workers find them at their next poll.
             logger.warning(
@@ -101,31 +87,8 @@ class _Announcement:
             )
 
 
-# One pending announcement per connection (connections are per thread).
+# The announcement being gathered, per connection (connections are per thread).
 _announcements: WeakKeyDictionary = WeakKeyDictionary()
-
-
-def announcement(using: str, jobs: Iterable[Job]) -> Callable[[], None]:
-    """What to call once the current transaction on ``using`` has committed.
-
-    Every ``notify_on_commit()`` call registers the returned callable with
-    ``on_commit``; all the calls of one transaction share one announcement,
-    and the first to run sends it. A rolled-back transaction's announcement is
-    never sent, and the next transaction starts a new one. After a savepoint
-    rollback the hooks of earlier calls may or may not survive, so a new
-    announcement starts and is linked to the earlier one: whichever runs first
-    sends both.
-    """
-    connection = connections[using]
-    hooks = getattr(connection, "run_on_commit", None)
-    pending = _announcements.get(connection)
-    if pending is None or pending.sent or pending.hooks is not hooks:
-        fresh = _Announcement(using, hooks)
-        if pending is not None and not pending.sent:
-            pending.successor = fresh
-        pending = _announcements[connection] = fresh
-    pending.add(jobs)
-    return pending.send
 
 
 def notify_on_commit(using: str, jobs: Iterable[Job]) -> None:
@@ -135,9 +98,21 @@ def notify_on_commit(using: str, jobs: Iterable[Job]) -> None:
     ``schedule_many()``, a series' next occurrence), a group's completion job
     released, a job run again. Only ``queue`` and ``run_after`` of ``jobs``
     are read.
+
+    Each call registers an ``on_commit`` hook; the calls share one
+    announcement until a hook sends it, so a transaction that schedules many
+    jobs sends one ``NOTIFY``. An announcement whose transaction rolled back
+    is never sent and carries over to the next transaction: at worst a worker
+    wakes once more than it needed, never once less.
     """
-    if listens(using):
-        transaction.on_commit(announcement(using, jobs), using=using, robust=True)
+    if not listens(using):
+        return
+    connection = connections[using]
+    pending = _announcements.get(connection)
+    if pending is None or pending.sent:
+        pending = _announcements[connection] = _Announcement(using)
+    pending.add(jobs)
+    transaction.on_commit(pending.send, using=using, robust=True)
 
 
 @dataclass(frozen=True)
@@ -191,7 +166,7 @@ class Listener:
         try:
             self.connection = psycopg.connect(**params, autocommit=True)
             self.connection.execute(
-                sql.SQL("LISTEN {}").format(sql.Identifier(channel()))
+                sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL))
             )
         except psycopg.Error as exc:
             self.close()

@@ -16,11 +16,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from django.db import IntegrityError, transaction
-from django.utils import timezone
 
+from async_jobs.allowlist import function_path
 from async_jobs.conf import jobs_database
-from async_jobs.functions import function_path
+from async_jobs.inserting import insert_job
 from async_jobs.models import Job
+from async_jobs.validation import check_arguments
 
 #: How often an insert that lost to a twin which then finished is tried again.
 _INSERT_TRIES = 3
@@ -54,17 +55,18 @@ def save_or_find_twin(job: Job, using: str) -> Job:
     """Insert the job, unless a pending job with its unique key exists: return that."""
     job.unique_key = unique_key(job.name, job.args, job.kwargs, job.meta.get("unique"))
     if job.unique_key is None:
-        job.save(using=using, force_insert=True)
+        insert_job(job, using)
         return job
     for _ in range(_INSERT_TRIES):
         try:
             with transaction.atomic(using=using):
-                job.save(using=using, force_insert=True)
+                insert_job(job, using)
             return job
         except IntegrityError:
             twin = (
                 Job.objects.using(using)
-                .filter(unique_key=job.unique_key, status=Job.Status.PENDING)
+                .pending()
+                .filter(unique_key=job.unique_key)
                 .first()
             )
             if twin is not None:
@@ -90,12 +92,9 @@ def deschedule(
     running right now is waited for, and if it repeats, the occurrence it
     scheduled is cancelled too. Returns how many jobs were cancelled.
     """
-    from async_jobs.groups import jobs_settled
-    from async_jobs.scheduling import _check_arguments
-
     name = function_path(function)
     using = jobs_database()
-    pending = Job.objects.using(using).filter(name=name, status=Job.Status.PENDING)
+    pending = Job.objects.using(using).pending().filter(name=name)
     if key is not None:
         if args is not None or kwargs is not None:
             raise TypeError("deschedule() takes either args/kwargs or key, not both.")
@@ -104,25 +103,24 @@ def deschedule(
         pending = pending.filter(unique_key=unique_key(name, [], {}, key))
         call = None
     else:
-        args, kwargs = _check_arguments(args, kwargs)
+        args, kwargs = check_arguments(args, kwargs)
         call = identity(name, args, kwargs)
     cancelled = 0
     with transaction.atomic(using=using):
         for _ in range(_DESCHEDULE_PASSES):
             chosen = [
                 row
-                for row in pending.only("pk", "args", "kwargs", "group")
+                for row in pending.only("pk", "args", "kwargs")
                 if call is None or identity(name, row.args, row.kwargs) == call
             ]
             if not chosen:
                 break
-            done = (
+            done = len(
                 Job.objects.using(using)
-                .filter(pk__in=[row.pk for row in chosen], status=Job.Status.PENDING)
-                .update(status=Job.Status.CANCELLED, finished=timezone.now())
+                .filter(pk__in=[row.pk for row in chosen])
+                .cancel()
             )
             cancelled += done
-            jobs_settled((row.group_id for row in chosen), using)
             if done == len(chosen):
                 # Nothing was running: no run can have added an occurrence.
                 break

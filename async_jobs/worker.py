@@ -25,10 +25,10 @@ from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 
-from django.db import Error, connections
+from django.db import Error, close_old_connections, connections
 
 from async_jobs.claiming import claim, claim_transaction
-from async_jobs.execution import JOB_SAVEPOINT, Outcome, run_claimed_jobs
+from async_jobs.execution import Outcome, run_claimed_jobs
 from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
 
 logger = logging.getLogger("async_jobs")
@@ -125,11 +125,9 @@ class Worker:
                 # Asked while waiting for SQLite's write lock, which keeps a
                 # signal handler from running until it is granted.
                 return False
-            jobs = claim(self.using, self.queues, limit, savepoint=JOB_SAVEPOINT)
+            jobs = claim(self.using, self.queues, limit)
             # Claimed jobs the batch stops before are released, untouched.
-            outcomes = run_claimed_jobs(
-                jobs, self.using, self._batch_may_continue, savepoint_set=True
-            )
+            outcomes = run_claimed_jobs(jobs, self.using, self._batch_may_continue)
         for outcome in outcomes:
             self._count(outcome)
         return bool(jobs)
@@ -163,6 +161,9 @@ class Worker:
             try:
                 while self.may_continue():
                     try:
+                        # As a request does: drop a connection past its
+                        # CONN_MAX_AGE, or broken, before the next batch.
+                        close_old_connections()
                         if listener is not None:
                             if not listener.connected:
                                 listener.connect()

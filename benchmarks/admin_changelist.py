@@ -123,8 +123,8 @@ def run(rows: int, repeat: int) -> None:
     from django.urls import reverse
 
     from async_jobs.models import Job
+    from async_jobs.overview import queue_overview
     from async_jobs.pruning import prunable, prune
-    from async_jobs.status import queue_overview
 
     settings.DEBUG = False
     setup_test_environment()

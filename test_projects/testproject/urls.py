@@ -1,7 +1,7 @@
 from django.contrib import admin
 from django.urls import include, path
 
-from async_jobs import tasks_framework
+from async_jobs.backends import framework as tasks_framework
 
 urlpatterns = [
     path("admin/", admin.site.urls),

@@ -1,7 +1,6 @@
 """The claim: best due job first, across queues, by ordered scans of the claim index."""
 
 import json
-from importlib import import_module
 
 import pytest
 from django.db import connection
@@ -119,7 +118,7 @@ def test_a_database_made_without_migrations_gets_the_claim_function(postgres_onl
     # migrate's post_migrate (sent then too) creates it.
     from django.core.management import call_command
 
-    from async_jobs.claiming import _CLAIM_FUNCTION_MIGRATION
+    from async_jobs.claiming import CLAIM_FUNCTION_SQL
 
     with connection.cursor() as cursor:
         cursor.execute(
@@ -133,7 +132,7 @@ def test_a_database_made_without_migrations_gets_the_claim_function(postgres_onl
     finally:
         # For the tests after this one, should it fail.
         with connection.cursor() as cursor:
-            cursor.execute(import_module(_CLAIM_FUNCTION_MIGRATION).CREATE)
+            cursor.execute(CLAIM_FUNCTION_SQL.read_text())
 
 
 def test_a_job_costs_the_worker_two_statements_besides_begin_and_commit(

@@ -81,6 +81,7 @@ def test_bad_setting_stops_the_command(run_manage, tmp_path):
     code, _out, err = run_manage("flush_queue", "--settings=bad_settings", env=env)
 
     assert code != 0
-    assert "async_jobs.E001" in err
+    assert "(async_jobs.E002) ASYNC_JOBS has unknown key(s) 'QUEUS'" in err
+    assert "(async_jobs.E012) ASYNC_JOBS['MAX_ATTEMPTS']" in err
     assert "unknown key(s) 'QUEUS'" in err
     assert "ASYNC_JOBS['MAX_ATTEMPTS'] must be an integer of at least 1" in err

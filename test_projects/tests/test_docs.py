@@ -21,7 +21,7 @@ from django.core.management import find_commands
 import async_jobs
 from async_jobs import Error, Group, Job
 from async_jobs.conf import DEFAULTS, problems
-from async_jobs.scheduling import META_KEYS
+from async_jobs.validation import META_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
 DOCS = REPO / "docs"

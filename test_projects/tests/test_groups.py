@@ -10,7 +10,7 @@ from django.utils import timezone
 from shop.models import Mark
 
 from async_jobs import Group, Job, deschedule, schedule
-from async_jobs.groups import HELD, GroupProgress
+from async_jobs.models import HELD, GroupProgress
 
 from .conftest import manage
 

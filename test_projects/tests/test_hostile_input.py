@@ -49,7 +49,7 @@ def test_a_worker_refuses_rows_naming_forbidden_functions(run_manage, tmp_path):
         # Failed for good at once: no retry can make it allowed.
         assert (job.status, job.attempts) == (Job.Status.FAILED, 1)
         assert job.errors.get().exception.startswith(
-            f"async_jobs.functions.FunctionNotAllowed: {job.name!r} is "
+            f"async_jobs.allowlist.FunctionNotAllowed: {job.name!r} is "
         )
     assert Job.objects.count() == len(rows)
 

@@ -11,7 +11,7 @@ from django.utils import timezone
 from freezegun import freeze_time
 
 from async_jobs import Job, schedule
-from async_jobs.status import queue_overview
+from async_jobs.overview import queue_overview
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -8,7 +8,7 @@ from freezegun import freeze_time
 from shop.models import Mark
 
 from async_jobs import Group, Job, schedule
-from async_jobs.groups import HELD
+from async_jobs.models import HELD
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -277,7 +277,7 @@ def test_allowed_modules_narrow_the_allow_list():
 
 
 def test_default_allow_list_is_the_project_not_django_or_stdlib():
-    from async_jobs.functions import default_allowed_modules
+    from async_jobs.allowlist import default_allowed_modules
 
     allowed = default_allowed_modules()
     assert "shop" in allowed

@@ -14,7 +14,7 @@ from django.utils import timezone
 from shop.models import Mark, Receipt
 
 from async_jobs import Job, schedule
-from async_jobs import tasks_framework as framework
+from async_jobs.backends import framework
 
 from .conftest import env_with_settings, manage
 

@@ -20,7 +20,7 @@ from asgiref.sync import async_to_sync
 from django.test import override_settings
 
 from async_jobs import Job
-from async_jobs import tasks_framework as framework
+from async_jobs.backends import framework
 
 tasks = pytest.importorskip(
     "shop.task_functions",

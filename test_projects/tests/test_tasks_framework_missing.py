@@ -33,7 +33,7 @@ def test_the_backend_says_why_it_cannot_load():
         "django.setup()\n"
         "from django.core.exceptions import ImproperlyConfigured\n"
         "try:\n"
-        "    import async_jobs.backends\n"
+        "    from async_jobs.backends import JobsBackend\n"
         "except ImproperlyConfigured as exc:\n"
         "    print('refused:', exc)\n"
     )

@@ -10,7 +10,7 @@ from async_jobs.durations import format_age, parse_age
 from async_jobs.management.arguments import add_queue_option
 from async_jobs.management.preflight import ready_database
 from async_jobs.models import Job
-from async_jobs.status import Overview, queue_overview
+from async_jobs.overview import Overview, queue_overview
 
 #: Exit status when the oldest due job has waited longer than --max-age.
 BACKLOG_EXIT_STATUS = 2

@@ -1,4 +1,4 @@
-"""Which functions a job may name, and how a name becomes a callable.
+"""The allow-list: which functions a job may name, and how a name becomes one.
 
 A job row holds a dotted path, never code. The path is checked against the
 allow-list *before* anything is imported, at ``schedule()`` and again when the
@@ -19,6 +19,7 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from async_jobs import hooks
 from async_jobs.conf import jobs_settings
 
 
@@ -126,8 +127,9 @@ def check_defined_in_allowed_module(path: str, function: Callable[..., Any]) -> 
 def resolve(path: str) -> Callable[..., Any]:
     """Import the function a job names, after checking it is allowed.
 
-    A ``Task`` of Django's tasks framework (what ``@task`` leaves at the path)
-    is returned as it is: it runs through ``async_jobs.backends``.
+    What a registered wrapper matches (a ``Task`` of Django's tasks framework,
+    what ``@task`` leaves at the path) is returned as it is, the function it
+    wraps checked in its place; the wrapper says how a worker calls it.
     """
     if not isinstance(path, str) or "." not in path:
         raise ValueError(
@@ -145,10 +147,9 @@ def resolve(path: str) -> Callable[..., Any]:
         raise ImportError(
             f"Module {module_path!r} has no attribute {attribute!r} ({path!r})."
         ) from None
-    from async_jobs.tasks_framework import is_task
-
-    if is_task(function):
-        check_defined_in_allowed_module(path, function.func)
+    wrapper = hooks.wrapper_of(function)
+    if wrapper is not None:
+        check_defined_in_allowed_module(path, wrapper.function(function))
         return function
     if not callable(function) or inspect.isclass(function):
         raise ValueError(f"{path!r} is not a function.")

@@ -25,21 +25,19 @@ from typing import Any
 from django.apps import apps
 from django.conf import settings
 from django.core import checks
-from django.core.exceptions import ImproperlyConfigured
 from django.db import connections
 from django.dispatch import receiver
 from django.utils import timezone
 
-from async_jobs import tasks_framework as framework
+from async_jobs import hooks
+from async_jobs.allowlist import FunctionNotAllowed, check_allowed, resolve
+from async_jobs.backends import framework
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.execution import Outcome, current_job
-from async_jobs.functions import FunctionNotAllowed, check_allowed, resolve
 from async_jobs.models import Error, Job
-from async_jobs.scheduling import schedule, validate_meta
+from async_jobs.scheduling import schedule
 from async_jobs.signals import job_finished, job_scheduled
-
-if not framework.AVAILABLE:
-    raise ImproperlyConfigured(framework.UNAVAILABLE)
+from async_jobs.validation import validate_meta
 
 logger = logging.getLogger("async_jobs")
 
@@ -54,6 +52,10 @@ STATUS_AFTER = {
 
 #: ``OPTIONS`` a backend may set: job meta every task it enqueues gets.
 OPTION_KEYS = ("max_attempts", "timeout")
+
+#: The attribute of a job that ``enqueue()`` wrote: the backend class and the
+#: task result that ``task_enqueued`` is sent with once the job commits.
+_ENQUEUED = "_async_jobs_enqueued"
 
 # The largest id a Job can have (a signed 64-bit integer).
 _MAX_ID = 2**63 - 1
@@ -127,7 +129,7 @@ class JobsBackend(framework.BaseTaskBackend):
         result = task_result(job, self.alias, task=task, status=Status.READY, errors=[])
         # Unless the job committed already (autocommit), task_enqueued is sent
         # with this very result once it does.
-        job._enqueued = (type(self), result)
+        setattr(job, _ENQUEUED, (type(self), result))
         return result
 
     def get_result(self, result_id: str) -> framework.TaskResult:
@@ -282,7 +284,7 @@ def task_runner(job: Job, task: framework.Task) -> Callable[..., Any]:
 @receiver(job_scheduled, dispatch_uid="async_jobs.backends.task_enqueued")
 def _send_task_enqueued(sender: type[Job], job: Job, **kwargs: Any) -> None:
     """``task_enqueued``, once the job is committed (never after a rollback)."""
-    enqueued = getattr(job, "_enqueued", None)
+    enqueued = getattr(job, _ENQUEUED, None)
     if enqueued is not None:
         backend_class, result = enqueued
         if result.id is None:
@@ -327,3 +329,12 @@ def _send_task_finished(
                 job.pk,
                 exc_info=response,
             )
+
+
+# Jobs may name a Task: the allow-list judges the function inside it, and a
+# worker calls it through task_runner().
+hooks.add_wrapper(
+    hooks.Wrapper(
+        matches=framework.is_task, function=lambda task: task.func, runner=task_runner
+    )
+)

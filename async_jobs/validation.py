@@ -1,0 +1,214 @@
+"""Checking what ``schedule()`` is given: meta, arguments, datetimes, repeats.
+
+Everything here raises ``TypeError`` or ``ValueError`` naming the value and
+the rule it breaks, before anything is written. The JSON rule for arguments
+and results is ``serialization.py``'s; the allow-list is ``allowlist.py``'s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Mapping, Sequence
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.conf import settings
+from django.utils import timezone
+
+from async_jobs.conf import JobsSettings, is_int, is_number
+from async_jobs.cron import REPEAT_RULE, is_valid_cron
+from async_jobs.models import Job
+from async_jobs.serialization import check_json
+
+#: The longest queue name and group reference: what their columns hold.
+QUEUE_MAX_LENGTH = Job._meta.get_field("queue").max_length
+REFERENCE_MAX_LENGTH = (
+    Job._meta.get_field("group").related_model._meta.get_field("reference").max_length
+)
+
+META_KEYS = {
+    "priority": "an int from -100 to 100, higher runs first (default 0)",
+    "queue": "a queue name (default 'default')",
+    "max_attempts": "an int >= 1",
+    "timeout": "seconds, a number > 0",
+    "repeat": REPEAT_RULE,
+    "repeat_until": (
+        "a datetime, aware unless USE_TZ is False; the series stops before it"
+    ),
+    "group": "the reference of the group the job joins, a non-empty str",
+    "completes": (
+        "the reference of the group this job completes: it runs once every job "
+        "of that group has finished"
+    ),
+    "unique": (
+        "True (one pending job per function and arguments) or a key str (one "
+        "pending job per function and key)"
+    ),
+    "task_backend": (
+        "the TASKS alias of the async_jobs.backends.JobsBackend that enqueued it "
+        "(set by that backend)"
+    ),
+}
+
+#: Controls that can't be combined, and why.
+_CONFLICTS = {
+    ("group", "repeat"): "a repeating job would keep its group from ever finishing",
+    ("completes", "repeat"): "a completion job runs once, when its group finishes",
+    ("group", "unique"): "a unique job may stand for a twin outside the group",
+    ("completes", "unique"): "a group has exactly one completion job already",
+}
+
+
+def _meta_error(key: str, value: object) -> ValueError:
+    return ValueError(f"meta[{key!r}] is {value!r}; it must be {META_KEYS[key]}.")
+
+
+def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
+    """Check the execution controls; return them as stored in ``Job.meta``."""
+    if meta is None:
+        meta = {}
+    if not isinstance(meta, Mapping):
+        raise TypeError(f"meta must be a dict, not {type(meta).__name__}.")
+    unknown = sorted(set(meta) - set(META_KEYS), key=str)
+    if unknown:
+        allowed = "; ".join(f"{key!r}: {rule}" for key, rule in META_KEYS.items())
+        raise ValueError(
+            f"Unknown meta key(s) {', '.join(map(repr, unknown))}. Allowed: {allowed}."
+        )
+    if "priority" in meta and not (
+        is_int(meta["priority"]) and -100 <= meta["priority"] <= 100
+    ):
+        raise _meta_error("priority", meta["priority"])
+    if "queue" in meta:
+        queue = meta["queue"]
+        if not isinstance(queue, str) or not queue or len(queue) > QUEUE_MAX_LENGTH:
+            raise _meta_error("queue", queue)
+    queue = meta.get("queue", "default")
+    if config.queues is not None and queue not in config.queues:
+        raise ValueError(
+            f"Queue {queue!r} is not in ASYNC_JOBS['QUEUES'] "
+            f"({', '.join(map(repr, config.queues))}); no worker would run it."
+        )
+    if "max_attempts" in meta and not (
+        is_int(meta["max_attempts"]) and meta["max_attempts"] >= 1
+    ):
+        raise _meta_error("max_attempts", meta["max_attempts"])
+    if "timeout" in meta:
+        timeout = meta["timeout"]
+        if not (is_number(timeout) and timeout > 0):
+            raise _meta_error("timeout", timeout)
+    if "task_backend" in meta and not (
+        isinstance(meta["task_backend"], str) and meta["task_backend"]
+    ):
+        raise _meta_error("task_backend", meta["task_backend"])
+    return _validate_scheduling_features(dict(meta))
+
+
+def _is_reference(value: object) -> bool:
+    return isinstance(value, str) and 0 < len(value) <= REFERENCE_MAX_LENGTH
+
+
+def _validate_scheduling_features(meta: dict) -> dict:
+    """Recurrence, groups and uniqueness; values are normalised for JSON."""
+    if "repeat" in meta:
+        meta["repeat"] = check_repeat(meta["repeat"])
+    if "repeat_until" in meta:
+        if "repeat" not in meta:
+            raise ValueError("meta['repeat_until'] needs meta['repeat'].")
+        meta["repeat_until"] = check_repeat_until(meta["repeat_until"])
+    for key in ("group", "completes", "unique"):
+        value = meta.get(key)
+        if key in meta and not (
+            _is_reference(value) or (key == "unique" and isinstance(value, bool))
+        ):
+            raise _meta_error(key, value)
+    if "group" in meta and meta.get("group") == meta.get("completes"):
+        raise ValueError(
+            f"meta['group'] and meta['completes'] are both {meta['group']!r}; a job "
+            "can't complete the group it belongs to."
+        )
+    for (first, second), reason in _CONFLICTS.items():
+        if meta.get(first) and meta.get(second):
+            raise ValueError(
+                f"meta[{first!r}] and meta[{second!r}] can't be combined: {reason}."
+            )
+    return meta
+
+
+def check_awareness(value: datetime, what: str, alternative: str = "") -> None:
+    """Refuse a datetime that USE_TZ would store as another moment, or not at all."""
+    if settings.USE_TZ and timezone.is_naive(value):
+        raise ValueError(
+            f"{what} {value.isoformat()} is a naive datetime while USE_TZ is True; "
+            f"pass an aware datetime (django.utils.timezone.make_aware){alternative}."
+        )
+    if not settings.USE_TZ and timezone.is_aware(value):
+        raise ValueError(
+            f"{what} {value.isoformat()} is an aware datetime while USE_TZ is False; "
+            "pass a naive datetime in settings.TIME_ZONE (django.utils.timezone."
+            f"make_naive){alternative}."
+        )
+
+
+def resolve_run_after(run_after: datetime | timedelta | None) -> datetime:
+    """When a job becomes due: now, now + a delta, or the datetime given."""
+    now = timezone.now()
+    if run_after is None:
+        return now
+    if isinstance(run_after, timedelta):
+        return now + run_after
+    if isinstance(run_after, datetime):
+        check_awareness(run_after, "run_after", " or a timedelta")
+        return run_after
+    raise TypeError(
+        "run_after must be a datetime, a timedelta or None, not "
+        f"{type(run_after).__name__}."
+    )
+
+
+def check_arguments(
+    args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None
+) -> tuple[list, dict]:
+    if args is None:
+        args = []
+    elif isinstance(args, list | tuple):
+        args = list(args)
+    else:
+        raise TypeError(f"args must be a list or a tuple, not {type(args).__name__}.")
+    if kwargs is None:
+        kwargs = {}
+    elif isinstance(kwargs, dict):
+        kwargs = dict(kwargs)
+    else:
+        raise TypeError(f"kwargs must be a dict, not {type(kwargs).__name__}.")
+    check_json(args, "args")
+    check_json(kwargs, "kwargs")
+    return args, kwargs
+
+
+def check_repeat(value: object) -> int | float | str:
+    """Validate ``meta['repeat']``; return it as stored (seconds or cron)."""
+    if isinstance(value, timedelta):
+        seconds = value.total_seconds()
+        value = int(seconds) if seconds.is_integer() else seconds
+    if is_number(value) and value > 0:
+        return value  # type: ignore[return-value]
+    if isinstance(value, str) and value.strip():
+        if is_valid_cron(value):
+            return value
+        raise ValueError(f"meta['repeat'] {value!r} is not a valid cron expression.")
+    raise ValueError(f"meta['repeat'] is {value!r}; it must be {REPEAT_RULE}.")
+
+
+def check_repeat_until(value: object) -> str:
+    """Validate ``meta['repeat_until']``; return it as an ISO 8601 string."""
+    if isinstance(value, str):
+        with contextlib.suppress(ValueError):
+            value = datetime.fromisoformat(value)
+    if not isinstance(value, datetime):
+        raise ValueError(
+            f"meta['repeat_until'] is {value!r}; it must be a datetime "
+            "(or its ISO 8601 string)."
+        )
+    check_awareness(value, "meta['repeat_until']")
+    return value.isoformat()
