@@ -155,13 +155,17 @@ def _attempt(job: Job, using: str) -> Outcome:
         {"worker": worker_id(), "started": job.started.isoformat()},
     ]
     began = time.monotonic()
+    returned = False
     try:
         with transaction.atomic(using=using):
             job_started.send(sender=Job, job=job)
             result = call(job)
             check_json(result, "result")
+            returned = True
     except (Exception, JobTimeout, SystemExit) as exc:
         _check_transaction_kept(job, using, exc)
+        if returned and isinstance(exc, DatabaseError):
+            exc = _swallowed(exc)
         job.record_failure(using, exc, permanent=isinstance(exc, PERMANENT_ERRORS))
         status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
         return Outcome(job, status, time.monotonic() - began, exc)
@@ -169,6 +173,23 @@ def _attempt(job: Job, using: str) -> Outcome:
     job.result = result
     job.finished = timezone.now()
     return Outcome(job, Outcome.SUCCEEDED, time.monotonic() - began)
+
+
+def _swallowed(error: DatabaseError) -> DatabaseError:
+    """Why ``atomic()`` refused a job that returned: it swallowed a database error.
+
+    A job that catches a database error (a ``NOWAIT`` lock refused, say) and
+    returns leaves PostgreSQL refusing every later statement, so the savepoint
+    can't be released; its writes are rolled back and the attempt fails.
+    """
+    swallowed = DatabaseError(
+        "The job returned, but a database error it caught left its "
+        "transaction failed (PostgreSQL refuses every statement after an "
+        "error until a rollback): its writes are rolled back. Run the "
+        "statement that may fail inside its own atomic() block."
+    )
+    swallowed.__cause__ = error
+    return swallowed
 
 
 def _check_transaction_kept(job: Job, using: str, exc: BaseException) -> None:

@@ -30,6 +30,8 @@ from weakref import WeakKeyDictionary
 
 from django.db import DatabaseError, OperationalError, connections, transaction
 
+from async_jobs.commit_hooks import live_hooks
+
 if TYPE_CHECKING:
     from async_jobs.models import Job
 
@@ -54,13 +56,17 @@ def listens(using: str) -> bool:
 
 
 class _Announcement:
-    """The NOTIFY owed for the jobs made due on one connection, not sent yet."""
+    """The NOTIFY one transaction owes, gathered over the jobs it made due."""
 
-    def __init__(self, using: str) -> None:
+    def __init__(self, using: str, hooks: object) -> None:
         self.using = using
+        # Which transaction (and savepoint) it belongs to: see commit_hooks.py.
+        self.hooks = hooks
         self.queues: set[str] = set()
         self.earliest: float = math.inf
         self.sent = False
+        # One made later in the same transaction, after a savepoint rollback.
+        self.successor: _Announcement | None = None
 
     def add(self, jobs: Iterable[Job]) -> None:
         for job in jobs:
@@ -70,10 +76,17 @@ class _Announcement:
     def send(self) -> None:
         if self.sent:
             return
-        self.sent = True
-        payload = json.dumps({"queues": sorted(self.queues), "at": self.earliest})
+        queues: set[str] = set()
+        earliest = math.inf
+        announcement: _Announcement | None = self
+        while announcement is not None:
+            announcement.sent = True
+            queues |= announcement.queues
+            earliest = min(earliest, announcement.earliest)
+            announcement = announcement.successor
+        payload = json.dumps({"queues": sorted(queues), "at": earliest})
         if len(payload.encode()) > MAX_PAYLOAD:
-            payload = json.dumps({"at": self.earliest})
+            payload = json.dumps({"at": earliest})
         try:
             with connections[self.using].cursor() as cursor:
                 cursor.execute("SELECT pg_notify(%s, %s)", [CHANNEL, payload])
@@ -87,7 +100,7 @@ class _Announcement:
             )
 
 
-# The announcement being gathered, per connection (connections are per thread).
+# One pending announcement per connection (connections are per thread).
 _announcements: WeakKeyDictionary = WeakKeyDictionary()
 
 
@@ -99,18 +112,23 @@ def notify_on_commit(using: str, jobs: Iterable[Job]) -> None:
     released, a job run again. Only ``queue`` and ``run_after`` of ``jobs``
     are read.
 
-    Each call registers an ``on_commit`` hook; the calls share one
-    announcement until a hook sends it, so a transaction that schedules many
-    jobs sends one ``NOTIFY``. An announcement whose transaction rolled back
-    is never sent and carries over to the next transaction: at worst a worker
-    wakes once more than it needed, never once less.
+    Every call registers an ``on_commit`` hook; all the calls of one
+    transaction share one announcement, and the first hook to run sends it. A
+    rolled-back transaction's announcement is never sent, and the next
+    transaction starts a new one. After a savepoint rollback the hooks of
+    earlier calls may or may not survive, so a new announcement starts and is
+    linked to the earlier one: whichever runs first sends both.
     """
     if not listens(using):
         return
     connection = connections[using]
+    hooks = live_hooks(connection)
     pending = _announcements.get(connection)
-    if pending is None or pending.sent:
-        pending = _announcements[connection] = _Announcement(using)
+    if pending is None or pending.sent or pending.hooks is not hooks:
+        fresh = _Announcement(using, hooks)
+        if pending is not None and not pending.sent:
+            pending.successor = fresh
+        pending = _announcements[connection] = fresh
     pending.add(jobs)
     transaction.on_commit(pending.send, using=using, robust=True)
 

@@ -96,6 +96,14 @@ if default["ENGINE"].endswith("sqlite3"):
     }
 if os.environ.get("ASYNC_JOBS_DB_NAME"):
     default["NAME"] = os.environ["ASYNC_JOBS_DB_NAME"]
+# Workers keep their connection, as a production worker should (CONN_MAX_AGE);
+# ASYNC_JOBS_CONN_MAX_AGE=0 makes a process close it as Django's default does.
+for database in (default, other):
+    database["CONN_MAX_AGE"] = (
+        float(os.environ["ASYNC_JOBS_CONN_MAX_AGE"])
+        if os.environ.get("ASYNC_JOBS_CONN_MAX_AGE")
+        else None
+    )
 DATABASES = {"default": default, "other": other}
 
 ASYNC_JOBS = {"BACKOFF_JITTER": 0.25}
