@@ -11,14 +11,13 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-if TYPE_CHECKING:
-    from async_jobs.models import Job
+# Jobs are typed ``Any`` here: this module sits below the models.
 
 #: Called, in order, in the transaction that gave jobs a final status.
-_settled: list[Callable[[Sequence[Job], str], None]] = []
-_executor: list[Callable[[Job], Any]] = []
+_settled: list[Callable[[Sequence[Any], str], None]] = []
+_executor: list[Callable[[Any], Any]] = []
 
 
 @dataclass(frozen=True)
@@ -32,19 +31,19 @@ class Wrapper:
 
     matches: Callable[[object], bool]
     function: Callable[[Any], Callable[..., Any]]
-    runner: Callable[[Job, Any], Callable[..., Any]]
+    runner: Callable[[Any, Any], Callable[..., Any]]
 
 
 _wrappers: list[Wrapper] = []
 
 
-def on_settled(hook: Callable[[Sequence[Job], str], None]) -> None:
+def on_settled(hook: Callable[[Sequence[Any], str], None]) -> None:
     """Call ``hook(jobs, using)`` whenever jobs reach a final status."""
     if hook not in _settled:
         _settled.append(hook)
 
 
-def settled(jobs: Sequence[Job], using: str) -> None:
+def settled(jobs: Sequence[Any], using: str) -> None:
     """Jobs reached a final status (succeeded, failed, cancelled): tell the features.
 
     Runs in the transaction that wrote those statuses, so what the features
@@ -55,12 +54,12 @@ def settled(jobs: Sequence[Job], using: str) -> None:
             hook(jobs, using)
 
 
-def set_executor(executor: Callable[[Job], Any]) -> None:
+def set_executor(executor: Callable[[Any], Any]) -> None:
     """What ``Job.execute()`` calls: the run path, registered by the app."""
     _executor[:] = [executor]
 
 
-def execute(job: Job) -> Any:
+def execute(job: Any) -> Any:
     return _executor[0](job)
 
 

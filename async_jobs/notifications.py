@@ -25,15 +25,21 @@ import math
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import Protocol
 from weakref import WeakKeyDictionary
 
 from django.db import DatabaseError, OperationalError, connections, transaction
 
 from async_jobs.commit_hooks import live_hooks
 
-if TYPE_CHECKING:
-    from async_jobs.models import Job
+
+class Due(Protocol):
+    """What an announcement reads of a job (this module sits below the models)."""
+
+    queue: str
+    run_after: datetime
+
 
 logger = logging.getLogger("async_jobs")
 
@@ -68,7 +74,7 @@ class _Announcement:
         # One made later in the same transaction, after a savepoint rollback.
         self.successor: _Announcement | None = None
 
-    def add(self, jobs: Iterable[Job]) -> None:
+    def add(self, jobs: Iterable[Due]) -> None:
         for job in jobs:
             self.queues.add(job.queue)
             self.earliest = min(self.earliest, job.run_after.timestamp())
@@ -104,7 +110,7 @@ class _Announcement:
 _announcements: WeakKeyDictionary = WeakKeyDictionary()
 
 
-def notify_on_commit(using: str, jobs: Iterable[Job]) -> None:
+def notify_on_commit(using: str, jobs: Iterable[Due]) -> None:
     """Wake the workers once the current transaction on ``using`` commits.
 
     For every path that makes jobs due: new rows (``schedule()``,
