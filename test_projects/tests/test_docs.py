@@ -20,7 +20,7 @@ from django.core.management import find_commands
 
 import async_jobs
 from async_jobs import Error, Group, Job
-from async_jobs.conf import DEFAULTS, problems
+from async_jobs.conf import DEFAULTS, NOT_A_DICT, SETTINGS, UNKNOWN_KEY, problems
 from async_jobs.validation import META_KEYS
 
 REPO = Path(__file__).resolve().parents[2]
@@ -131,6 +131,14 @@ def test_every_setting_is_documented_with_its_default():
         body = section(page, f"``{key}``", "-")
         assert f"\nDefault: ``{default!r}``\n" in body, f"{key}: default {default!r}"
         assert f".. _setting-{key}:" in page
+
+
+def test_every_settings_check_id_is_distinct_and_listed():
+    page = read("settings.rst")
+    ids = [NOT_A_DICT, UNKNOWN_KEY, *(setting.check_id for setting in SETTINGS)]
+    assert len(set(ids)) == len(ids)
+    for check_id in ids:
+        assert f"``{check_id}``" in page, check_id
 
 
 def test_every_meta_key_is_documented():

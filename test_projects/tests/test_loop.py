@@ -12,7 +12,7 @@ from shop.models import Mark
 
 from async_jobs import Job, schedule
 
-from .conftest import wait_until
+from .conftest import wait_until, worker_env
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
@@ -293,3 +293,27 @@ def test_sleep_needs_loop(run_manage):
     code, _out, err = run_manage("flush_queue", "--sleep", "1")
     assert code != 0
     assert "--sleep only applies with --loop" in err
+
+
+@pytest.mark.parametrize(("max_age", "connections_used"), [("0", 3), ("", 1)])
+def test_a_loop_worker_honours_conn_max_age_between_batches(
+    start_manage, postgres_only, max_age, connections_used
+):
+    # CONN_MAX_AGE = 0 (Django's default): a new connection for every batch,
+    # as for every request; None (the test project's): one for the worker.
+    worker = start_manage(
+        "flush_queue",
+        "--loop",
+        "--sleep",
+        "0.1",
+        env=worker_env(ASYNC_JOBS_CONN_MAX_AGE=max_age),
+    )
+    pids = []
+    for _ in range(3):
+        job = schedule("shop.tasks.backend_pid")
+        wait_until(lambda job=job: succeeded(job), "the job to run", timeout=15)
+        pids.append(job.result)
+
+    code, _out, err = stop(worker)
+    assert code == 0, err
+    assert len(set(pids)) == connections_used, pids

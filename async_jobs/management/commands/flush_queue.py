@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db import DatabaseError
+from django.db import DatabaseError, connections
 
 from async_jobs.conf import jobs_settings
 from async_jobs.execution import Outcome
@@ -116,6 +116,11 @@ class Command(BaseCommand):
             f"(queues: {', '.join(worker.queues) or 'all'}; batch "
             f"{worker.batch_size}; {woken}polling every {sleep:g}s)."
         )
+        if connections[worker.using].settings_dict.get("CONN_MAX_AGE") == 0:
+            self.stdout.write(
+                "CONN_MAX_AGE is 0: a new database connection for every batch. "
+                "Set it (None, or seconds) for workers; see the worker docs."
+            )
         self.stdout.flush()
 
     def report(self, outcome: Outcome) -> None:
