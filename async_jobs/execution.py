@@ -26,6 +26,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -34,11 +35,12 @@ from django.utils import timezone
 
 from async_jobs import hooks
 from async_jobs.allowlist import FunctionNotAllowed, resolve
+from async_jobs.claiming import claim_transaction
 from async_jobs.conf import jobs_database
 from async_jobs.models import Job
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
-from async_jobs.timeouts import JobTimeout, time_limit
+from async_jobs.timeouts import time_limit
 
 logger = logging.getLogger("async_jobs")
 
@@ -55,6 +57,43 @@ _OUTCOME_FIELDS = (
 
 #: Errors no retry can fix: the job fails at once.
 PERMANENT_ERRORS = (FunctionNotAllowed,)
+
+
+class WorkerAborted(KeyboardInterrupt):
+    """A second stop signal: abandon the running job, roll it back.
+
+    The one exception a job's attempt lets through. A ``KeyboardInterrupt``
+    so that, like Ctrl-C, psycopg cancels a query it interrupts: otherwise the
+    server would go on running it, holding the job's row lock, long after the
+    worker gave up.
+    """
+
+
+class WorkerDied(Exception):
+    """The worker running an attempt died before it could record it."""
+
+
+@dataclass(frozen=True)
+class LostAttempt:
+    """An attempt that started but whose record was lost with its transaction."""
+
+    job_id: int
+    attempt: int
+    worker: str
+    started: datetime
+    reason: str
+
+
+class AttemptLost(DatabaseError):
+    """The job's transaction was lost mid-attempt (its connection closed).
+
+    The worker charges the attempt in a new transaction (``charge()``): a job
+    that closes its connection, or has it closed, can't run for ever.
+    """
+
+    def __init__(self, lost: LostAttempt) -> None:
+        super().__init__(lost.reason)
+        self.lost = lost
 
 
 @dataclass(frozen=True)
@@ -113,6 +152,7 @@ def run_claimed_jobs(
     jobs: Sequence[Job],
     using: str,
     keep_going: Callable[[], bool] = lambda: True,
+    starting: Callable[[Job], None] | None = None,
 ) -> list[Outcome]:
     """Run jobs whose rows the current transaction has locked; record them.
 
@@ -121,24 +161,19 @@ def run_claimed_jobs(
     job's writes still commit exactly when its success does. Then the
     features are told of the jobs that won't run again, and each outcome is
     logged and signalled once it has committed. ``keep_going()`` is asked
-    before each job after the first.
+    before each job after the first; ``starting(job)`` is told of each
+    attempt just before it starts (a supervisor charges it if this process
+    dies).
     """
     outcomes: list[Outcome] = []
     for job in jobs:
         if outcomes and not keep_going():
             break
-        outcomes.append(_attempt(job, using))
+        outcomes.append(_attempt(job, using, starting))
     Job.objects.using(using).record_successes(
         [outcome.job for outcome in outcomes if outcome.status == Outcome.SUCCEEDED]
     )
-    hooks.settled(
-        [
-            outcome.job
-            for outcome in outcomes
-            if outcome.job.status != Job.Status.PENDING
-        ],
-        using,
-    )
+    _settle([o.job for o in outcomes if o.job.status != Job.Status.PENDING], using)
     for outcome in outcomes:
         # Robust: a faulty receiver is logged, and can't stop the worker's loop.
         transaction.on_commit(
@@ -147,13 +182,50 @@ def run_claimed_jobs(
     return outcomes
 
 
-def _attempt(job: Job, using: str) -> Outcome:
+def _settle(jobs: list[Job], using: str) -> None:
+    """Tell the features jobs won't run again; what they can't do is logged.
+
+    All together first (the groups are then locked in one fixed order), in a
+    savepoint: a feature that fails (a series whose next date can't be
+    computed) must not undo the outcomes, nor stop the worker. If it fails,
+    job by job, so that only the job at fault misses what follows it.
+    """
+    if not jobs or _settled(jobs, using) or len(jobs) == 1:
+        return
+    for job in jobs:
+        _settled([job], using)
+
+
+def _settled(jobs: list[Job], using: str) -> bool:
+    try:
+        with transaction.atomic(using=using):
+            hooks.settled(jobs, using)
+    except Exception as error:
+        if connections[using].needs_rollback:
+            raise
+        if len(jobs) == 1:
+            logger.error(
+                "Job %s %s finished, but what follows it failed: %s",
+                jobs[0].pk,
+                jobs[0].name,
+                error,
+                exc_info=error,
+            )
+        return False
+    return True
+
+
+def _attempt(
+    job: Job, using: str, starting: Callable[[Job], None] | None = None
+) -> Outcome:
     job.attempts += 1
     job.started = timezone.now()
     job.attempt_log = [
         *job.attempt_log,
         {"worker": worker_id(), "started": job.started.isoformat()},
     ]
+    if starting is not None:
+        starting(job)
     began = time.monotonic()
     returned = False
     try:
@@ -162,13 +234,17 @@ def _attempt(job: Job, using: str) -> Outcome:
             result = call(job)
             check_json(result, "result")
             returned = True
-    except (Exception, JobTimeout, SystemExit) as exc:
+    except WorkerAborted:
+        raise
+    except BaseException as exc:  # whatever the job raised: recorded
         _check_transaction_kept(job, using, exc)
         if returned and isinstance(exc, DatabaseError):
             exc = _swallowed(exc)
         job.record_failure(using, exc, permanent=isinstance(exc, PERMANENT_ERRORS))
         status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
         return Outcome(job, status, time.monotonic() - began, exc)
+    # A job that closed the connection returns normally; its transaction is lost.
+    _check_transaction_kept(job, using, None)
     job.status = Job.Status.SUCCEEDED
     job.result = result
     job.finished = timezone.now()
@@ -192,24 +268,58 @@ def _swallowed(error: DatabaseError) -> DatabaseError:
     return swallowed
 
 
-def _check_transaction_kept(job: Job, using: str, exc: BaseException) -> None:
-    """Raise if the job's savepoint could not be rolled back: its transaction is lost.
+def _check_transaction_kept(job: Job, using: str, exc: BaseException | None) -> None:
+    """Raise ``AttemptLost`` if the job's transaction is lost.
 
-    That happens when the connection is gone (dropped, terminated, closed by
-    the job, the server restarted): ``atomic()`` then leaves the worker's
-    transaction marked for rollback. Nothing more can be written in it and
-    the database rolls it back whole, so the job stays pending, untouched.
-    Raise what caused it, as a ``DatabaseError`` for the worker to stop on,
-    rather than the error of a vain attempt to record the failure.
+    That happens when the connection is gone (closed by the job, dropped,
+    terminated, the server restarted): ``atomic()`` then leaves the worker's
+    transaction marked for rollback, and the database rolls it back whole.
+    The worker records the attempt in a new transaction once it can.
     """
     if not connections[using].needs_rollback:
         return
-    if isinstance(exc, DatabaseError):
-        raise exc
-    raise DatabaseError(
-        f"Job {job.pk} raised {type(exc).__name__}: {exc}, and its transaction "
-        f"on database {using!r} could not be rolled back to before the job"
+    raise AttemptLost(
+        LostAttempt(
+            job_id=job.pk,
+            attempt=job.attempts,
+            worker=worker_id(),
+            started=job.started,
+            reason=f"the job's transaction on database {using!r} was lost"
+            + ("" if exc is None else f": {type(exc).__name__}: {exc}".rstrip(": ")),
+        )
     ) from exc
+
+
+def charge(lost: LostAttempt, using: str, error: Exception) -> Outcome | None:
+    """Record an attempt whose own record was lost: an ``Error``, then a retry or
+    ``failed``, as if it had raised ``error``.
+
+    Nothing is written if the job is no longer pending at that attempt: it
+    was recorded after all, or another worker has run it since.
+    """
+    with claim_transaction(using):
+        job = (
+            Job.objects.using(using).select_for_update().filter(pk=lost.job_id).first()
+        )
+        if (
+            job is None
+            or job.status != Job.Status.PENDING
+            or job.attempts != lost.attempt - 1
+        ):
+            return None
+        job.attempts = lost.attempt
+        job.started = lost.started
+        job.attempt_log = [
+            *job.attempt_log,
+            {"worker": lost.worker, "started": lost.started.isoformat()},
+        ]
+        job.record_failure(using, error)
+        if job.status != Job.Status.PENDING:
+            _settle([job], using)
+        status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
+        outcome = Outcome(job, status, 0.0, error)
+        transaction.on_commit(lambda: _finished(outcome), using=using, robust=True)
+    return outcome
 
 
 def _finished(outcome: Outcome) -> None:

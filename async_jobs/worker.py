@@ -12,6 +12,7 @@ connection breaks it logs it and reconnects, with growing pauses.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import math
 import os
@@ -28,7 +29,16 @@ from dataclasses import dataclass, field
 from django.db import Error, close_old_connections, connections
 
 from async_jobs.claiming import claim, claim_transaction
-from async_jobs.execution import Outcome, run_claimed_jobs
+from async_jobs.execution import (
+    AttemptLost,
+    LostAttempt,
+    Outcome,
+    WorkerAborted,
+    WorkerDied,
+    charge,
+    run_claimed_jobs,
+)
+from async_jobs.models import Job
 from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
 
 logger = logging.getLogger("async_jobs")
@@ -41,13 +51,7 @@ RECONNECT_FIRST_PAUSE = 0.1
 RECONNECT_MAX_PAUSE = 10.0
 
 
-class WorkerAborted(KeyboardInterrupt):
-    """A second stop signal: abandon the running job, roll it back.
-
-    A ``KeyboardInterrupt`` so that, like Ctrl-C, psycopg cancels a query it
-    interrupts: otherwise the server would go on running it, holding the job's
-    row lock, long after the worker gave up.
-    """
+__all__ = ["Worker", "WorkerAborted", "stop_on_signals", "summary", "what_failed"]
 
 
 def what_failed(exc: BaseException) -> str:
@@ -75,12 +79,16 @@ class Worker:
     batch_size: int = 1
     max_seconds: float | None = None
     on_outcome: Callable[[Outcome], None] | None = None
+    #: Told of each attempt just before it starts (see ``supervisor.py``).
+    on_attempt: Callable[[Job], None] | None = None
     counts: Counter = field(default_factory=Counter)
     stop_requested: bool = False
     started: float = field(default_factory=time.monotonic)
-    # loop() only: when the next job it knows of is due (monotonic clock), when
-    # it last looked for due jobs, and the socket pair a stop request wakes.
-    next_due: float = math.inf
+    #: Attempts whose transaction was lost, to record once the database answers.
+    owed: list[LostAttempt] = field(default_factory=list)
+    # loop() only: when the jobs it knows of are due (a heap, monotonic clock),
+    # when it last looked for due jobs, and the socket pair a stop request wakes.
+    due_times: list[float] = field(default_factory=list)
     last_claim: float = -math.inf
     _waker: tuple[socket.socket, socket.socket] | None = None
 
@@ -119,18 +127,40 @@ class Worker:
         limit = self.batch_size
         if self.max_jobs is not None:
             limit = min(limit, self.max_jobs - self.processed)
+        self._pay_owed()
         self.last_claim = time.monotonic()
-        with claim_transaction(self.using):
-            if self.stop_requested:
-                # Asked while waiting for SQLite's write lock, which keeps a
-                # signal handler from running until it is granted.
-                return False
-            jobs = claim(self.using, self.queues, limit)
-            # Claimed jobs the batch stops before are released, untouched.
-            outcomes = run_claimed_jobs(jobs, self.using, self._batch_may_continue)
+        try:
+            with claim_transaction(self.using):
+                if self.stop_requested:
+                    # Asked while waiting for SQLite's write lock, which keeps a
+                    # signal handler from running until it is granted.
+                    return False
+                jobs = claim(self.using, self.queues, limit)
+                # Claimed jobs the batch stops before are released, untouched.
+                outcomes = run_claimed_jobs(
+                    jobs, self.using, self._batch_may_continue, self.on_attempt
+                )
+        except AttemptLost as lost:
+            # The whole batch rolled back; the attempt that lost it is charged.
+            self.owed.append(lost.lost)
+            logger.error("Job %s: %s", lost.lost.job_id, lost.lost.reason)
+            with suppress(Error):
+                connections[self.using].close()
+            self._pay_owed()
+            return True
         for outcome in outcomes:
             self._count(outcome)
         return bool(jobs)
+
+    def _pay_owed(self) -> None:
+        """Record the attempts whose transaction was lost (a DatabaseError if the
+        database is still away: they wait for the next try)."""
+        while self.owed:
+            lost = self.owed[0]
+            outcome = charge(lost, self.using, WorkerDied(lost.reason))
+            self.owed.pop(0)
+            if outcome is not None:
+                self._count(outcome)
 
     def _batch_may_continue(self) -> bool:
         return (
@@ -147,7 +177,7 @@ class Worker:
             self.on_outcome(outcome)
 
     def _expect(self, delay: float) -> None:
-        self.next_due = min(self.next_due, time.monotonic() + delay)
+        heapq.heappush(self.due_times, time.monotonic() + delay)
 
     def loop(self, sleep: float) -> Counter:
         """Run jobs as they fall due until a stop, ``max_jobs`` or ``max_seconds``.
@@ -200,12 +230,13 @@ class Worker:
 
     def _wait(self, listener: Listener | None, sleep: float) -> None:
         """Return when a job may be due: announced, expected, or time to poll."""
-        if self.next_due <= self.last_claim:
-            self.next_due = math.inf  # looked for already
+        while self.due_times and self.due_times[0] <= self.last_claim:
+            heapq.heappop(self.due_times)  # looked for already
         poll = time.monotonic() + sleep
         while self.may_continue():
             now = time.monotonic()
-            until = min(poll, self.next_due, self.deadline)
+            next_due = self.due_times[0] if self.due_times else math.inf
+            until = min(poll, next_due, self.deadline)
             if until <= now:
                 if listener is not None and now >= poll:
                     listener.check()  # a silently broken connection shows no data
@@ -258,18 +289,24 @@ class Worker:
                 end.close()
 
     def summary(self) -> str:
-        elapsed = time.monotonic() - self.started
-        parts = ", ".join(
-            f"{self.counts[status]} {label}"
-            for status, label in (
-                (Outcome.SUCCEEDED, "succeeded"),
-                (Outcome.RETRY, "to retry"),
-                (Outcome.FAILED, "failed"),
-            )
+        return summary(
+            self.counts, time.monotonic() - self.started, stopped=self.stop_requested
         )
-        jobs = "job" if self.processed == 1 else "jobs"
-        stopped = " (stopped by signal)" if self.stop_requested else ""
-        return f"Ran {self.processed} {jobs} in {elapsed:.2f}s: {parts}{stopped}."
+
+
+def summary(counts: Counter, elapsed: float, *, stopped: bool) -> str:
+    """The one line a run ends with."""
+    parts = ", ".join(
+        f"{counts[status]} {label}"
+        for status, label in (
+            (Outcome.SUCCEEDED, "succeeded"),
+            (Outcome.RETRY, "to retry"),
+            (Outcome.FAILED, "failed"),
+        )
+    )
+    jobs = "job" if counts.total() == 1 else "jobs"
+    stopped_by = " (stopped by signal)" if stopped else ""
+    return f"Ran {counts.total()} {jobs} in {elapsed:.2f}s: {parts}{stopped_by}."
 
 
 def _say(line: str) -> None:

@@ -1,6 +1,9 @@
 """Real job functions the tests schedule; they write to the shop's tables."""
 
 import asyncio
+import ctypes
+import os
+import signal
 import time
 
 # Imported, not defined, here: a job naming "shop.tasks.system" must be refused
@@ -292,3 +295,36 @@ def swallow_database_error(label: str) -> str:
     except DatabaseError:
         pass
     return label
+
+
+def end_own_process(how: str) -> None:
+    """Die the way a job can take its worker down with it."""
+    if how == "sigkill":
+        os.kill(os.getpid(), signal.SIGKILL)
+    elif how == "exit":
+        os._exit(3)
+    elif how == "segfault":
+        ctypes.string_at(0)
+
+
+def raise_base_exception(kind: str) -> None:
+    """Raise what ``except Exception`` doesn't catch."""
+    raise {
+        "KeyboardInterrupt": KeyboardInterrupt,
+        "CancelledError": asyncio.CancelledError,
+        "GeneratorExit": GeneratorExit,
+    }[kind]("raised by the job")
+
+
+async def async_cancelled() -> None:
+    raise asyncio.CancelledError("cancelled inside the job")
+
+
+def close_connection(how: str) -> None:
+    """Lose the worker's transaction from inside the job."""
+    from django.db import close_old_connections
+
+    if how == "close":
+        connection.close()
+    else:
+        close_old_connections()

@@ -1,5 +1,9 @@
 from __future__ import annotations
 
+import os
+import time
+from collections.abc import Callable
+
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import DatabaseError, connections
 
@@ -12,7 +16,14 @@ from async_jobs.management.arguments import (
 )
 from async_jobs.management.preflight import ready_database
 from async_jobs.notifications import listens
-from async_jobs.worker import Worker, WorkerAborted, stop_on_signals, what_failed
+from async_jobs.supervisor import ChildReport, Supervisor
+from async_jobs.worker import (
+    Worker,
+    WorkerAborted,
+    stop_on_signals,
+    summary,
+    what_failed,
+)
 
 
 class Command(BaseCommand):
@@ -22,6 +33,13 @@ class Command(BaseCommand):
     )
     # Run by ready_database() in handle(), after the database check.
     requires_system_checks = []
+    #: Run the worker in a supervised child process (see supervisor.py): from
+    #: the command line, where fork() exists; not in call_command()'s caller.
+    supervise = False
+
+    def run_from_argv(self, argv: list[str]) -> None:
+        self.supervise = hasattr(os, "fork")
+        super().run_from_argv(argv)
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument(
@@ -62,6 +80,14 @@ class Command(BaseCommand):
             "(default: ASYNC_JOBS['BATCH_SIZE'], 1). Faster commits, but a crash "
             "re-runs the whole batch; see the docs.",
         )
+        parser.add_argument(
+            "--processes",
+            type=positive_int,
+            default=1,
+            metavar="N",
+            help="With --loop, run N worker processes under this one, which "
+            "replaces any that dies and passes stop signals on to all.",
+        )
 
     def handle(
         self,
@@ -72,41 +98,112 @@ class Command(BaseCommand):
         sleep: float | None,
         max_seconds: float | None,
         batch: int | None,
+        processes: int,
         **options,
     ) -> None:
         if sleep is not None and not loop:
             raise CommandError("--sleep only applies with --loop.")
+        if processes > 1 and not loop:
+            raise CommandError("--processes only applies with --loop.")
+        if processes > 1 and not hasattr(os, "fork"):
+            raise CommandError("--processes needs os.fork(), which this system lacks.")
         using = ready_database(self, queues)
         config = jobs_settings()
-        worker = Worker(
-            using=using,
-            queues=queues,
-            max_jobs=jobs,
-            batch_size=batch or config.batch_size,
-            max_seconds=max_seconds,
-            on_outcome=self.report if options["verbosity"] >= 2 else None,
-        )
+        sleep = sleep or config.poll_interval
+        verbose = options["verbosity"] >= 2
+
+        def make_worker(started: float) -> Worker:
+            worker = Worker(
+                using=using,
+                queues=queues,
+                max_jobs=jobs,
+                batch_size=batch or config.batch_size,
+                max_seconds=max_seconds,
+                on_outcome=self.report if verbose else None,
+                started=started,
+            )
+            return worker
+
+        if loop and options["verbosity"] >= 1:
+            self.announce(make_worker(time.monotonic()), sleep)
+        if self.supervise or processes > 1:
+            self.supervised(make_worker, using, loop, sleep, processes, verbose)
+            return
+        worker = make_worker(time.monotonic())
         try:
             with stop_on_signals(worker):
                 if loop:
-                    sleep = sleep or config.poll_interval
-                    if options["verbosity"] >= 1:
-                        self.announce(worker, sleep)
                     worker.loop(sleep)
                 else:
                     worker.run()
-        except WorkerAborted as exc:
+        except (WorkerAborted, DatabaseError) as exc:
             raise CommandError(
-                f"{exc}: the running job was rolled back and stays pending. "
-                f"{worker.summary()}"
-            ) from exc
-        except DatabaseError as exc:
-            raise CommandError(
-                f"Database {using!r} failed during the run: {what_failed(exc)}; "
-                f"the running job was rolled back and stays pending. "
-                f"{worker.summary()}"
+                f"{self.failure(exc, using)} {worker.summary()}"
             ) from exc
         self.stdout.write(worker.summary())
+
+    def supervised(
+        self,
+        make_worker: Callable[[float], Worker],
+        using: str,
+        loop: bool,
+        sleep: float,
+        processes: int,
+        verbose: bool,
+    ) -> None:
+        """Run the worker(s) in child processes; charge a child's death."""
+        started = time.monotonic()
+
+        def run_child(report: ChildReport) -> int:
+            # The child's worker goes on where the children before it left off.
+            worker = make_worker(started)
+            worker.on_attempt = report.attempt
+            worker.on_outcome = (
+                (lambda outcome: (report.outcome(outcome), self.report(outcome)))
+                if verbose
+                else report.outcome
+            )
+            worker.max_jobs = (
+                None
+                if worker.max_jobs is None
+                else worker.max_jobs - supervisor.counts.total()
+            )
+            try:
+                with stop_on_signals(worker):
+                    if loop:
+                        worker.loop(sleep)
+                    else:
+                        worker.run()
+            except (WorkerAborted, DatabaseError) as exc:
+                report.send(fatal=self.failure(exc, using))
+                return 1
+            report.send(done=True)
+            return 0
+
+        supervisor = Supervisor(
+            run_child=run_child,
+            using=using,
+            processes=processes,
+            loop=loop,
+            on_outcome=self.report if verbose else None,
+        )
+        self.stdout.flush()
+        counts = supervisor.run()
+        line = summary(
+            counts, time.monotonic() - started, stopped=bool(supervisor.stop_signals)
+        )
+        if supervisor.fatal is not None:
+            raise CommandError(f"{supervisor.fatal} {line}")
+        self.stdout.write(line)
+
+    def failure(self, exc: BaseException, using: str) -> str:
+        """The one line a worker that had to stop ends with (before its summary)."""
+        if isinstance(exc, WorkerAborted):
+            return f"{exc}: the running job was rolled back and stays pending."
+        return (
+            f"Database {using!r} failed during the run: {what_failed(exc)}; "
+            "the running job was rolled back and stays pending."
+        )
 
     def announce(self, worker: Worker, sleep: float) -> None:
         """Say that the worker is up, and how it learns of new jobs."""

@@ -1,0 +1,121 @@
+"""No job can stop the queue: whatever a job does, its attempt is recorded and
+the jobs behind it run. Real ``flush_queue`` processes against the test database."""
+
+import pytest
+
+from async_jobs import Job, schedule
+
+pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
+
+
+def five_good_jobs() -> list[Job]:
+    return [schedule("shop.tasks.record", args=[f"good-{n}"]) for n in range(5)]
+
+
+def first_in_line(function: str, args: list, max_attempts: int = 2) -> Job:
+    return schedule(
+        function, args=args, meta={"priority": 100, "max_attempts": max_attempts}
+    )
+
+
+@pytest.mark.parametrize(
+    ("how", "death"),
+    [
+        ("sigkill", "killed by signal 9 (SIGKILL)"),
+        ("exit", "exited with code 3"),
+        ("segfault", "killed by signal 11 (SIGSEGV)"),
+    ],
+)
+def test_a_job_that_kills_its_worker_is_charged_each_attempt(run_manage, how, death):
+    killer = first_in_line("shop.tasks.end_own_process", [how])
+    good = five_good_jobs()
+
+    runs = []
+    for _ in range(4):
+        code, out, err = run_manage("flush_queue")
+        runs.append((code, out, err))
+        assert code == 0, err
+        killer.refresh_from_db()
+        if killer.status == Job.Status.FAILED:
+            break
+        # The retry waits for its backoff: make it due for the next run.
+        Job.objects.filter(pk=killer.pk).update(run_after=killer.created)
+
+    killer.refresh_from_db()
+    assert killer.status == Job.Status.FAILED
+    assert killer.attempts == 2
+    errors = list(killer.errors.values_list("attempt", "exception"))
+    assert [attempt for attempt, _ in errors] == [1, 2]
+    for attempt, exception in errors:
+        assert exception.startswith("async_jobs.execution.WorkerDied: the worker ")
+        assert f"{death} while running attempt {attempt} of 2" in exception
+    assert len(killer.attempt_log) == 2
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+    # The first run went on after the death: it ran the five good jobs too.
+    assert "Ran 6 jobs" in runs[0][1], runs[0]
+
+
+@pytest.mark.parametrize(
+    "kind", ["KeyboardInterrupt", "CancelledError", "GeneratorExit"]
+)
+def test_a_job_raising_a_base_exception_is_recorded(run_manage, kind):
+    raiser = first_in_line("shop.tasks.raise_base_exception", [kind])
+    good = five_good_jobs()
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    assert "Ran 6 jobs" in out
+    raiser.refresh_from_db()
+    assert (raiser.status, raiser.attempts) == (Job.Status.PENDING, 1)
+    [error] = raiser.errors.all()
+    assert kind in error.exception
+    for job in good:
+        job.refresh_from_db()
+        assert job.status == Job.Status.SUCCEEDED
+
+
+def test_an_async_job_cancelled_is_recorded(run_manage):
+    cancelled = first_in_line("shop.tasks.async_cancelled", [], max_attempts=1)
+    good = five_good_jobs()
+
+    code, _out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    cancelled.refresh_from_db()
+    assert cancelled.status == Job.Status.FAILED
+    [error] = cancelled.errors.all()
+    assert "CancelledError" in error.exception
+    assert all(Job.objects.get(pk=job.pk).status == "succeeded" for job in good)
+
+
+@pytest.mark.parametrize("how", ["close", "close_old_connections"])
+def test_a_job_that_closes_the_connection_is_charged(run_manage, how):
+    closer = first_in_line("shop.tasks.close_connection", [how])
+    good = five_good_jobs()
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    assert "Ran 6 jobs" in out
+    closer.refresh_from_db()
+    assert (closer.status, closer.attempts) == (Job.Status.PENDING, 1)
+    [error] = closer.errors.all()
+    assert "WorkerDied: the job's transaction on database 'default' was lost" in (
+        error.exception
+    )
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+
+
+def test_a_job_that_closes_the_connection_ends_failed(run_manage):
+    closer = first_in_line("shop.tasks.close_connection", ["close"], max_attempts=1)
+
+    code, _out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    closer.refresh_from_db()
+    assert (closer.status, closer.attempts) == (Job.Status.FAILED, 1)
