@@ -1,21 +1,28 @@
 #!/usr/bin/env python3
-"""Benchmark async_jobs beside bare database loops, on SQLite and PostgreSQL.
+"""Benchmark async_jobs beside its peers and bare database loops.
 
-    .venv/bin/python benchmarks/run.py [--database sqlite|postgres] [--jobs N]
-        [--commits N] [--samples N]
+    python3 benchmarks/run.py --peers [--database sqlite|postgres] [--jobs N]
+        [--commits N] [--rounds N] [--samples N] [--clients N]
+    .venv/bin/python benchmarks/run.py [same options]
 
-(``python3 runtests.py`` makes ``.venv`` with Django and psycopg.) PostgreSQL
-is a throwaway server with fsync on, so commits cost what they cost in
-production; SQLite is a temporary file. Every figure is printed beside a
-baseline measured in the same run, and a ratio: other work on the machine
-moves both alike. The default run takes about three minutes.
+``--peers`` makes (or refreshes) the virtualenv ``.venv-bench`` with the
+package, psycopg and the peers of benchmarks/requirements-peers.txt
+(procrastinate, django-tasks-db), and runs there. Without it the script runs
+with the Python that runs it (``python3 runtests.py`` makes ``.venv``), and
+skips the peers that are not installed there. PostgreSQL is a throwaway
+server with fsync on, so commits cost what they cost in production; SQLite is
+a temporary file. Every figure is printed beside a peer's or a baseline's
+measured in the same run, and a ratio: other work on the machine moves both
+alike. The default run takes about ten minutes with the peers.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import importlib.metadata
+import importlib.util
 import json
 import os
 import platform
@@ -26,10 +33,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 BENCHMARKS = Path(__file__).resolve().parent
-TEST_PROJECTS = BENCHMARKS.parent / "test_projects"
+REPO = BENCHMARKS.parent
+TEST_PROJECTS = REPO / "test_projects"
+PEER_VENV = REPO / ".venv-bench"
+PEER_REQUIREMENTS = BENCHMARKS / "requirements-peers.txt"
+#: The peers: the package each needs, and the databases it runs on.
+PEERS = {
+    "procrastinate": ("procrastinate", ("postgres",)),
+    "django-tasks-db": ("django_tasks_db", ("sqlite", "postgres")),
+}
 sys.path.insert(0, str(TEST_PROJECTS))
 
 from throwaway_postgres import postgres_cluster  # noqa: E402
+
+#: django-tasks-db's db_worker polls (every second by default): every 0.1s
+#: here, as async_jobs' workers do on SQLite.
+POLL = "0.1"
 
 
 @contextlib.contextmanager
@@ -49,25 +68,64 @@ def database(name: str) -> Iterator[dict]:
             yield {**env, "ASYNC_JOBS_DB_NAME": str(Path(tmp) / "bench.sqlite3")}
 
 
-def measure(name: str, options: argparse.Namespace) -> list[dict]:
-    with database(name) as env:
-        result = subprocess.run(
+def use_peer_venv(argv: list[str]) -> None:
+    """Make or refresh .venv-bench, then run this script again inside it."""
+    if Path(sys.prefix).resolve() == PEER_VENV.resolve():
+        return
+    python = PEER_VENV / "bin" / "python"
+    if not python.exists():
+        print(f"creating {PEER_VENV.name}...", file=sys.stderr, flush=True)
+        subprocess.run([sys.executable, "-m", "venv", str(PEER_VENV)], check=True)
+    digest = hashlib.sha256()
+    for path in (REPO / "setup.cfg", REPO / "pyproject.toml", PEER_REQUIREMENTS):
+        digest.update(path.read_bytes())
+    stamp, stamp_file = digest.hexdigest(), PEER_VENV / ".bench-install-stamp"
+    if not stamp_file.exists() or stamp_file.read_text() != stamp:
+        print(f"installing into {PEER_VENV.name}...", file=sys.stderr, flush=True)
+        stamp_file.unlink(missing_ok=True)
+        subprocess.run(
             [
-                sys.executable,
-                str(BENCHMARKS / "measure.py"),
-                f"--jobs={options.jobs}",
-                f"--commits={options.commits}",
-                f"--samples={options.samples[name]}",
-                f"--sleep={options.sleep[name]}",
-                f"--rounds={options.rounds}",
+                str(python), "-m", "pip", "install", "--quiet",
+                "--disable-pip-version-check", "-e", f"{REPO}[postgres]",
+                "-r", str(PEER_REQUIREMENTS),
             ],
-            env=env,
-            stdout=subprocess.PIPE,
-            text=True,
-            timeout=900,
             check=True,
-        )
+        )  # fmt: skip
+        stamp_file.write_text(stamp)
+    sys.stdout.flush()
+    os.execv(str(python), [str(python), str(Path(__file__).resolve()), *argv])
+
+
+def run_json(script: str, env: dict, *args: str, settings: str = "") -> dict | list:
+    """Run a measuring script of this folder; return the JSON it prints."""
+    if settings:
+        env = {**env, "DJANGO_SETTINGS_MODULE": settings}
+    result = subprocess.run(
+        [sys.executable, str(BENCHMARKS / script), *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+        timeout=1800,
+        check=True,
+    )
     return json.loads(result.stdout)
+
+
+def installed_peers(name: str) -> list[str]:
+    """The peers that run on this database, saying which are skipped and why."""
+    peers = []
+    for peer, (package, databases) in PEERS.items():
+        if name not in databases:
+            continue
+        if importlib.util.find_spec(package):
+            peers.append(peer)
+        else:
+            print(
+                f"\n{peer} is not installed here: skipped "
+                "(run.py --peers measures it, in .venv-bench)",
+                flush=True,
+            )
+    return peers
 
 
 def versions() -> str:
@@ -87,7 +145,10 @@ def versions() -> str:
         f"{platform.node()}: {platform.machine()}, {os.cpu_count()} CPUs, "
         f"{platform.system()} {platform.release()}\n"
         f"Python {platform.python_version()}, Django {version('Django')}, "
-        f"psycopg {version('psycopg')}, {server}, SQLite {sqlite3.sqlite_version}"
+        f"psycopg {version('psycopg')}, {server}, SQLite {sqlite3.sqlite_version}\n"
+        f"procrastinate {version('procrastinate')}, "
+        f"django-tasks-db {version('django-tasks-db')}, "
+        f"django-tasks {version('django-tasks')}"
     )
 
 
@@ -105,8 +166,8 @@ def format_value(value: float | None, unit: str) -> str:
     return f"{value:,.0f} {unit}"
 
 
-def report(name: str, figures: list[dict]) -> str:
-    rows = [("measure", "jobs", "async_jobs", "baseline", "ratio", "target", "")]
+def report(name: str, figures: list[dict], against: str = "baseline") -> str:
+    rows = [("measure", "jobs", "async_jobs", against, "ratio", "target", "")]
     for figure in figures:
         rows.append(
             (
@@ -119,12 +180,75 @@ def report(name: str, figures: list[dict]) -> str:
                 {True: "met", False: "MISSED", None: ""}[figure["met"]],
             )
         )
+    return table(name, rows)
+
+
+def table(name: str, rows: list[tuple[str, ...]]) -> str:
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = [name]
     for row in rows:
         cells = zip(row, widths, strict=True)
         lines.append("  ".join(cell.ljust(width) for cell, width in cells))
     return "\n".join(line.rstrip() for line in lines)
+
+
+def clients_report(figures: dict) -> str:
+    """Jobs/s of each way, and async_jobs' ratio to each of the others."""
+    from clients import WAYS
+
+    rates = figures["rates"]
+    ours = rates["schedule"]
+    rows = [("clients scheduling at once", "jobs/s", "schedule() / this")]
+    for way, rate in rates.items():
+        ratio = "" if way == "schedule" else f"{ours / rate:.2f}x"
+        rows.append((WAYS[way], format_value(rate, "jobs/s"), ratio))
+    return table(
+        f"PostgreSQL, {figures['clients']} client processes at once, "
+        f"{figures['commits']} transactions of 1 job each per client",
+        rows,
+    )
+
+
+def measure(name: str, options: argparse.Namespace) -> None:
+    """Print the figures of one database: peers, many clients, baselines."""
+    title = {
+        "postgres": "PostgreSQL (fsync on; workers woken by NOTIFY)",
+        "sqlite": "SQLite (file; workers poll every 0.1s)",
+    }[name]
+    common = [
+        f"--jobs={options.jobs}",
+        f"--commits={options.commits}",
+        f"--samples={options.samples[name]}",
+        f"--rounds={options.rounds}",
+    ]
+    with database(name) as env:
+        if peers := installed_peers(name):
+            by_peer = run_json(
+                "peers.py", env, *common, f"--sleep={options.sleep[name]}",
+                f"--poll={POLL}", settings="peer_settings",
+            )  # fmt: skip
+            for peer in peers:
+                print(
+                    f"\n{report(f'{title}: async_jobs vs {peer}', by_peer[peer], peer)}"
+                    f"\n(ratios: async_jobs / {peer}, times {peer} / async_jobs; "
+                    f"best of {options.rounds} rounds, taken in turns)",
+                    flush=True,
+                )
+        if name == "postgres" and options.clients:
+            figures = run_json(
+                "clients.py", env, f"--clients={options.clients}",
+                f"--commits={options.commits}", f"--rounds={options.rounds}",
+                settings="peer_settings",
+            )  # fmt: skip
+            print(f"\n{clients_report(figures)}", flush=True)
+        figures = run_json("measure.py", env, *common, f"--sleep={options.sleep[name]}")
+    print(
+        f"\n{report(title, figures)}\n"
+        f"(best of {options.rounds} rounds of {options.jobs} jobs per drain "
+        f"and bulk run and {options.commits} single-job transactions; "
+        f"{options.samples[name]} latency samples)",
+        flush=True,
+    )
 
 
 def main() -> int:
@@ -145,7 +269,20 @@ def main() -> int:
     parser.add_argument(
         "--samples", type=int, default=200, help="Latency samples (SQLite: a fifth)."
     )
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=8,
+        help="Client processes scheduling at once on PostgreSQL (0: skip).",
+    )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="Run in .venv-bench, made or refreshed with the peers installed.",
+    )
     options = parser.parse_args()
+    if options.peers:
+        use_peer_venv(sys.argv[1:])
     if options.samples < 10:
         parser.error(
             "--samples must be at least 10: SQLite takes a fifth, and a p95 needs two"
@@ -156,18 +293,7 @@ def main() -> int:
 
     print(versions(), flush=True)
     for name in options.database or ["sqlite", "postgres"]:
-        title = {
-            "postgres": "PostgreSQL (fsync on; workers woken by NOTIFY)",
-            "sqlite": "SQLite (file; workers poll every 0.1s)",
-        }[name]
-        figures = measure(name, options)
-        print(
-            f"\n{report(title, figures)}\n"
-            f"(best of {options.rounds} rounds of {options.jobs} jobs per drain "
-            f"and bulk run and {options.commits} single-job transactions; "
-            f"{options.samples[name]} latency samples)",
-            flush=True,
-        )
+        measure(name, options)
     return 0
 
 
