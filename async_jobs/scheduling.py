@@ -21,6 +21,7 @@ from async_jobs.recurrence import (
 )
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_scheduled
+from async_jobs.signatures import check_call
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
@@ -282,6 +283,7 @@ def build_job(
         if resolved is not None:
             resolved.add(name)
     args, kwargs = _check_arguments(args, kwargs)
+    check_call(name, args, kwargs)
     when = resolve_run_after(run_after)
     meta = validate_meta(meta, config)
     return Job(
