@@ -10,6 +10,7 @@ from async_jobs.management.arguments import (
     positive_int,
     positive_seconds,
 )
+from async_jobs.management.log_output import log_to_stderr
 from async_jobs.management.preflight import ready_database
 from async_jobs.notifications import listens
 from async_jobs.worker import Worker, WorkerAborted, stop_on_signals, what_failed
@@ -87,7 +88,10 @@ class Command(BaseCommand):
             on_outcome=self.report if options["verbosity"] >= 2 else None,
         )
         try:
-            with stop_on_signals(worker):
+            with (
+                stop_on_signals(worker),
+                log_to_stderr(self.stderr, options["verbosity"]),
+            ):
                 if loop:
                     sleep = sleep or config.poll_interval
                     if options["verbosity"] >= 1:
