@@ -450,6 +450,21 @@ class ErrorNameFilter(RecentValuesFilter):
     parameter_name = "name"
     field = "job__name"
 
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        # The jobs of the newest errors first, then their names: a DISTINCT
+        # over a join would let the planner hash the whole job table.
+        errors = model_admin.get_queryset(request)
+        job_ids = set(recent_values(errors, "job_id", self.rows))
+        names = set(
+            Job.objects.using(errors.db)
+            .filter(pk__in=job_ids)
+            .values_list("name", flat=True)
+            .distinct()
+        )
+        if self.value() is not None:
+            names.add(self.value())
+        return [(name, name) for name in sorted(names)]
+
 
 class ErrorChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters=None) -> QuerySet:
