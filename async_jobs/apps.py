@@ -11,11 +11,8 @@ class AsyncJobsConfig(AppConfig):
         # checks registers our checks. Importing Django's tasks framework, if
         # it is there, registers those of the TASKS backends (JobsBackend's
         # too), which otherwise only run once something imported it.
-        from async_jobs import (  # noqa: F401
-            allowlist_checks,
-            checks,
-            tasks_framework,
-        )
+        import async_jobs.allowlist_checks  # noqa: F401 (registers its checks)
+        from async_jobs import checks, tasks_framework  # noqa: F401
         from async_jobs.claiming import create_claim_function
 
         post_migrate.connect(create_claim_function, sender=self)
