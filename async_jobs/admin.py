@@ -20,7 +20,8 @@ from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
 from django.db import connections, transaction
-from django.db.models import QuerySet
+from django.db.models import Case, F, Q, QuerySet, TextField, Value, When
+from django.db.models.functions import StrIndex, Substr
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
@@ -392,3 +393,187 @@ def _some(items) -> str:
     if len(items) > NAMED_IDS:
         shown += f" and {len(items) - NAMED_IDS} more"
     return shown + "."
+
+
+class ExceptionClassFilter(admin.SimpleListFilter):
+    """The exception's class path, taken from the newest errors; a prefix match.
+
+    ``Error.exception`` is "class path: message": the choices are the distinct
+    class paths of the newest ``rows`` errors (a range of the primary key, as
+    in ``recent_values()``), computed by the database.
+    """
+
+    title = "exception class"
+    parameter_name = "exception_class"
+    rows = 10_000
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        queryset = model_admin.get_queryset(request)
+        nth_newest = list(
+            queryset.order_by("-pk").values_list("pk", flat=True)[
+                self.rows - 1 : self.rows
+            ]
+        )
+        if nth_newest:
+            queryset = queryset.filter(pk__gte=nth_newest[0])
+        colon = StrIndex("exception", Value(": "))
+        classes = set(
+            queryset.annotate(
+                exception_class=Case(
+                    When(
+                        Q(exception__contains=": "),
+                        then=Substr("exception", 1, colon - 1),
+                    ),
+                    default=F("exception"),
+                    output_field=TextField(),
+                )
+            )
+            .order_by()
+            .values_list("exception_class", flat=True)
+            .distinct()
+        )
+        if self.value() is not None:
+            classes.add(self.value())  # chosen from a link or an older row
+        return [(name, name) for name in sorted(classes)]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        if self.value() is None:
+            return queryset
+        return queryset.filter(
+            Q(exception__startswith=f"{self.value()}: ") | Q(exception=self.value())
+        )
+
+
+class ErrorNameFilter(RecentValuesFilter):
+    title = "function"
+    parameter_name = "name"
+    field = "job__name"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        # The jobs of the newest errors first, then their names: a DISTINCT
+        # over a join would let the planner hash the whole job table.
+        errors = model_admin.get_queryset(request)
+        job_ids = set(recent_values(errors, "job_id", self.rows))
+        names = set(
+            Job.objects.using(errors.db)
+            .filter(pk__in=job_ids)
+            .values_list("name", flat=True)
+            .distinct()
+        )
+        if self.value() is not None:
+            names.add(self.value())
+        return [(name, name) for name in sorted(names)]
+
+
+class ErrorChangeList(ChangeList):
+    def get_queryset(self, request: HttpRequest, exclude_parameters=None) -> QuerySet:
+        # The list shows the job's name, not its call, nor the traceback.
+        return (
+            super()
+            .get_queryset(request, exclude_parameters)
+            .select_related("job")
+            .only("id", "job__id", "job__name", "attempt", "exception", "occurred")
+        )
+
+
+@admin.register(Error)
+class ErrorAdmin(admin.ModelAdmin):
+    """Every failed attempt, newest first: read-only, for a table of millions."""
+
+    list_display = ["id", "job_link", "function", "attempt", "summary", "occurred"]
+    list_display_links = ["id", "summary"]
+    list_filter = [
+        ExceptionClassFilter,
+        ("occurred", admin.DateFieldListFilter),
+        ErrorNameFilter,
+    ]
+    search_fields = ["exception"]
+    search_help_text = "A job id, or part of the exception's class or message."
+    ordering = ["-pk"]
+    paginator = EstimatedCountPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
+    actions = None
+    fields = ["job_link", "function", "attempt", "occurred", "exception", "trace"]
+    readonly_fields = fields
+
+    class Media:
+        css = {"all": ["async_jobs/admin.css"]}
+
+    #: An exception message is cut to this many characters in the list.
+    summary_length = 200
+
+    @admin.display(description="job")
+    def job_link(self, error: Error) -> str:
+        url = reverse("admin:async_jobs_job_change", args=[error.job_id])
+        return format_html('<a href="{}">#{}</a>', url, error.job_id)
+
+    @admin.display(description="function")
+    def function(self, error: Error) -> str:
+        return error.job.name
+
+    @admin.display(description="exception")
+    def summary(self, error: Error) -> str:
+        text = error.exception
+        if len(text) > self.summary_length:
+            text = text[: self.summary_length - 1] + "…"
+        return text
+
+    @admin.display(description="traceback")
+    def trace(self, error: Error) -> str:
+        return format_html(
+            '<pre class="async-jobs-traceback">{}</pre>', error.traceback
+        )
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[Error]:
+        return super().get_queryset(request).using(jobs_database())
+
+    def get_changelist(self, request: HttpRequest, **kwargs) -> type[ChangeList]:
+        return ErrorChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet, search_term: str
+    ) -> tuple[QuerySet, bool]:
+        """A number is a job id (the foreign key's index); other text, part of
+        the exception."""
+        term = search_term.strip()
+        if not term:
+            return queryset, False
+        if term.isdigit():
+            return queryset.filter(job_id=int(term)), False
+        return queryset.filter(exception__icontains=term), False
+
+    def has_view_permission(self, request: HttpRequest, obj: Error | None = None):
+        # The errors are part of the jobs: who may see the jobs sees them.
+        return super().has_view_permission(request, obj) or ErrorInline(
+            Job, self.admin_site
+        ).has_view_permission(request)
+
+    # Errors are written by the worker only, and go with their job.
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(
+        self, request: HttpRequest, obj: Error | None = None
+    ) -> bool:
+        return False
+
+    def has_delete_permission(
+        self, request: HttpRequest, obj: Error | None = None
+    ) -> bool:
+        # Asked when a job is deleted with its errors: who may delete the job
+        # may delete them. Errors alone are never deleted here (no action, no
+        # delete page).
+        return request.user.has_perm(
+            f"async_jobs.{get_permission_codename('delete', Job._meta)}"
+        )
+
+    def change_view(self, request: HttpRequest, object_id: str, **kwargs):
+        extra_context = {**(kwargs.pop("extra_context", None) or {})}
+        extra_context["show_delete"] = False
+        return super().change_view(
+            request, object_id, extra_context=extra_context, **kwargs
+        )
+
+    def delete_view(self, request: HttpRequest, object_id: str, **kwargs):
+        raise PermissionDenied("An error is deleted with its job, not alone.")

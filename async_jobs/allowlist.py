@@ -22,6 +22,14 @@ from django.dispatch import receiver
 from async_jobs import hooks
 from async_jobs.conf import jobs_settings
 
+#: What ``__module__`` says of a function typed at a prompt or run as a script:
+#: ``python -i`` and IPython give ``__main__``; ``manage.py shell`` gives None
+#: at its prompt (no ``__name__`` in its namespace) and, with ``-c`` or piped
+#: input, the module of the shell command itself, whose namespace it borrows.
+MAIN_MODULES = frozenset(
+    {None, "__main__", "__console__", "django.core.management.commands.shell"}
+)
+
 
 class FunctionNotAllowed(ValueError):
     """The dotted path is outside the modules jobs may run."""
@@ -42,18 +50,22 @@ def function_path(function: str | Callable[..., Any]) -> str:
         )
     module = getattr(function, "__module__", None)
     qualname = getattr(function, "__qualname__", None)
-    if not module or not qualname:
+    if not qualname:
         raise ValueError(f"{function!r} has no importable dotted path.")
     if "<lambda>" in qualname:
         raise ValueError("A lambda can't be scheduled: it has no dotted path.")
+    if module in MAIN_MODULES:
+        raise ValueError(
+            f"{qualname} is defined in __main__ (a script or the manage.py shell "
+            "prompt), which a worker can't import; define it in a module of your "
+            "project, such as app/tasks.py, and import it from there."
+        )
+    if not module:
+        raise ValueError(f"{function!r} has no importable dotted path.")
     if "<locals>" in qualname or "." in qualname:
         raise ValueError(
             f"{module}.{qualname} is not a module-level function; jobs can only "
             "name functions defined at the top level of a module."
-        )
-    if module == "__main__":
-        raise ValueError(
-            f"{qualname} is defined in __main__, which a worker can't import."
         )
     return f"{module}.{qualname}"
 

@@ -24,14 +24,16 @@ _executor: list[Callable[[Any], Any]] = []
 class Wrapper:
     """A kind of object a job's path may name besides a plain function.
 
-    ``function(obj)`` is the plain function inside (what the allow-list
-    judges), ``runner(job, obj)`` the callable a worker calls with the job's
-    arguments.
+    ``function(obj)`` is the plain function inside (what the allow-list and
+    the signature check judge), ``runner(job, obj)`` the callable a worker
+    calls with the job's arguments, ``leading_arguments(obj)`` how many
+    arguments the runner passes the function before them (a context, say).
     """
 
     matches: Callable[[object], bool]
     function: Callable[[Any], Callable[..., Any]]
     runner: Callable[[Any, Any], Callable[..., Any]]
+    leading_arguments: Callable[[Any], int] = lambda obj: 0
 
 
 _wrappers: list[Wrapper] = []

@@ -27,14 +27,35 @@ def check_database_ready(using: str) -> None:
         raise DatabaseNotReady(
             f"Can't read the applied migrations of {where}: {exc}".strip()
         ) from exc
-    missing = [
-        name
-        for app, name in loader.graph.leaf_nodes("async_jobs")
-        if (app, name) not in loader.applied_migrations
-    ]
+    missing = unapplied_migrations(loader)
     if missing:
+        applied_none = len(missing) == len(app_migrations(loader))
         raise DatabaseNotReady(
             f"The async_jobs migrations are not applied to {where} "
-            f"(missing {', '.join(missing)}); run "
-            f"'python manage.py migrate async_jobs --database {using}'."
+            + (
+                f"(none of them is: {', '.join(missing)}); "
+                if applied_none
+                else f"(missing {', '.join(missing)}); "
+            )
+            + f"run 'python manage.py migrate async_jobs --database {using}'."
         )
+
+
+def app_migrations(loader: MigrationLoader) -> list[str]:
+    """The names of async_jobs' migrations, in the order they apply."""
+    names = [
+        name
+        for leaf in loader.graph.leaf_nodes("async_jobs")
+        for app, name in loader.graph.forwards_plan(leaf)
+        if app == "async_jobs"
+    ]
+    return list(dict.fromkeys(names))
+
+
+def unapplied_migrations(loader: MigrationLoader) -> list[str]:
+    """Every async_jobs migration not applied yet, not only the newest."""
+    return [
+        name
+        for name in app_migrations(loader)
+        if ("async_jobs", name) not in loader.applied_migrations
+    ]

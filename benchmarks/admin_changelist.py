@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Time the Job admin, the queue overview and pruning at a million jobs.
+"""Time the Job and Error admins, the queue overview and pruning at a million jobs.
 
     .venv/bin/python benchmarks/admin_changelist.py [--rows N] [--repeat R]
 
@@ -72,13 +72,24 @@ FROM (
 ) AS generated
 """
 
+# Three errors per failed job and one per succeeded job (a retry that then
+# succeeded): about a million at a million jobs. Five exception classes in
+# equal shares, and a sixth for 0.1% of the jobs.
+ERROR_PAGE = "admin:async_jobs_error_change"
+
 LOAD_ERRORS = """
 INSERT INTO async_jobs_error (job_id, attempt, exception, traceback, occurred)
-SELECT job.id, attempt, 'builtins.RuntimeError: failed',
+SELECT job.id, attempt,
+    CASE WHEN job.id % 1000 = 7 THEN 'shop.errors.RareError: rare'
+    ELSE (ARRAY['builtins.RuntimeError: failed', 'builtins.ValueError: bad value',
+        'builtins.ConnectionRefusedError: [Errno 111] Connection refused',
+        'builtins.TimeoutError: timed out', 'shop.errors.StockError: out of stock'
+    ])[1 + (job.id + attempt) % 5] END,
     'Traceback (most recent call last):' || repeat(E'\\n  File "x.py", line 1', 8),
     job.finished - (3 - attempt) * interval '10 seconds'
-FROM async_jobs_job AS job, generate_series(1, 3) AS attempt
-WHERE job.status = 'failed'
+FROM async_jobs_job AS job,
+    generate_series(1, CASE WHEN job.status = 'failed' THEN 3 ELSE 1 END) AS attempt
+WHERE job.status IN ('failed', 'succeeded')
 """
 
 
@@ -122,7 +133,7 @@ def run(rows: int, repeat: int) -> None:
     from django.test.utils import CaptureQueriesContext, setup_test_environment
     from django.urls import reverse
 
-    from async_jobs.models import Job
+    from async_jobs.models import Error, Job
     from async_jobs.overview import queue_overview
     from async_jobs.pruning import prunable, prune
 
@@ -141,7 +152,7 @@ def run(rows: int, repeat: int) -> None:
             "SELECT pg_size_pretty(pg_total_relation_size('async_jobs_job'))"
         )
         size = cursor.fetchone()[0]
-    errors = Job.objects.filter(status="failed").count() * 3
+    errors = Error.objects.count()
     print(
         f"Loaded {rows:,} jobs and {errors:,} errors in {load_time:.1f}s; "
         f"job table with indexes: {size}. Median of {repeat} runs after a warm-up."
@@ -155,6 +166,8 @@ def run(rows: int, repeat: int) -> None:
     client = Client()
     client.force_login(user)
     changelist = reverse("admin:async_jobs_job_changelist")
+    errors = reverse("admin:async_jobs_error_changelist")
+    error_id = Error.objects.order_by("-pk").values_list("pk", flat=True)[500]
     some_id = Job.objects.order_by("-pk").values_list("pk", flat=True)[500]
     failed_id = Job.objects.filter(status="failed").order_by("-pk")[0].pk
     deep = rows // 200  # halfway through the table
@@ -201,7 +214,26 @@ def run(rows: int, repeat: int) -> None:
         ),
         ("queue overview page", page(reverse("admin:async_jobs_job_overview"))),
         ("queue_overview() (queue_status)", queue_overview),
+        ("errors: first page", page(errors)),
+        ("errors: page 100", page(errors, p="100")),
+        (
+            "errors: filter class RuntimeError (1/5)",
+            page(errors, exception_class="builtins.RuntimeError"),
+        ),
+        (
+            "errors: filter class RareError (0.1%)",
+            page(errors, exception_class="shop.errors.RareError"),
+        ),
+        ("errors: filter function shop.tasks.add", page(errors, name="shop.tasks.add")),
+        (
+            "errors: filter occurred in the last week",
+            page(errors, occurred__gte=week_ago),
+        ),
+        (f"errors: search by job id ({failed_id})", page(errors, q=str(failed_id))),
+        ("errors: search 'stock' (exception contains)", page(errors, q="stock")),
+        ("errors: one error's page", page(reverse(ERROR_PAGE, args=[error_id]))),
         ("for comparison: COUNT(*) of all jobs", Job.objects.count),
+        ("for comparison: COUNT(*) of all errors", Error.objects.count),
         (
             "for comparison: COUNT(*) of succeeded jobs",
             Job.objects.filter(status="succeeded").count,
@@ -213,11 +245,12 @@ def run(rows: int, repeat: int) -> None:
         total, sql = timed(case, repeat)
         print(f"{label:<{width}}  {total * 1000:7.1f}ms  {sql * 1000:7.1f}ms")
 
-    with CaptureQueriesContext(connection) as queries:
-        client.get(changelist)
-    print(f"\nQueries of the first changelist page ({len(queries)}):")
-    for query in queries:
-        print(f"  {query['time']:>6}s  {query['sql'][:150]}")
+    for path in (changelist, errors):
+        with CaptureQueriesContext(connection) as queries:
+            client.get(path)
+        print(f"\nQueries of the first page of {path} ({len(queries)}):")
+        for query in queries:
+            print(f"  {query['time']:>6}s  {query['sql'][:150]}")
 
     # Pruning: count, then delete the succeeded jobs older than 7 days in
     # batches of 1,000, timing each batch (each is one transaction).

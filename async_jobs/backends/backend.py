@@ -335,6 +335,9 @@ def _send_task_finished(
 # worker calls it through task_runner().
 hooks.add_wrapper(
     hooks.Wrapper(
-        matches=framework.is_task, function=lambda task: task.func, runner=task_runner
+        matches=framework.is_task,
+        function=lambda task: task.func,
+        runner=task_runner,
+        leading_arguments=lambda task: 1 if task.takes_context else 0,
     )
 )

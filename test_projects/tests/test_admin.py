@@ -481,3 +481,154 @@ def test_actions_skip_a_job_a_worker_is_running(admin_client, on_postgres):
     running.refresh_from_db()
     idle.refresh_from_db()
     assert (running.status, idle.status) == (Job.Status.PENDING, Job.Status.CANCELLED)
+
+
+# The Error changelist
+
+ERRORS = "admin:async_jobs_error_changelist"
+
+
+def error_list(client, **params):
+    return client.get(reverse(ERRORS), params)
+
+
+def listed_errors(response) -> list[int]:
+    return [error.pk for error in response.context["cl"].result_list]
+
+
+def errors_of(*labels_and_functions: tuple[str, str]) -> list[Error]:
+    """One failed job per (function, label); their errors, oldest first."""
+    for function, label in labels_and_functions:
+        job = schedule(function, args=[label], meta={"max_attempts": 1})
+        with pytest.raises((RuntimeError, ValueError)):
+            job.execute()
+    return list(Error.objects.order_by("pk"))
+
+
+def test_error_changelist_lists_newest_first_with_a_link_to_the_job(admin_client):
+    errors = errors_of(
+        ("shop.tasks.write_then_fail", "a"), ("shop.tasks.write_then_fail", "b")
+    )
+
+    response = error_list(admin_client)
+
+    assert response.status_code == 200
+    assert listed_errors(response) == [error.pk for error in reversed(errors)]
+    html = response.content.decode()
+    job_url = reverse("admin:async_jobs_job_change", args=[errors[0].job_id])
+    assert f'<a href="{job_url}">#{errors[0].job_id}</a>' in html
+    assert "builtins.RuntimeError: failed after writing a" in html
+    assert "shop.tasks.write_then_fail" in html
+    assert "Add error" not in html
+    assert "_facets" not in html
+    assert 'name="action"' not in html  # no actions, no delete
+
+
+def test_error_changelist_filters_by_class_date_and_function(admin_client):
+    errors = errors_of(
+        ("shop.tasks.write_then_fail", "a"),
+        ("shop.tasks.send_receipt", "b"),  # ValueError: not an id
+    )
+    Error.objects.filter(pk=errors[0].pk).update(
+        occurred=timezone.now() - timedelta(days=30)
+    )
+    cl = error_list(admin_client).context["cl"]
+    choices = [choice["display"] for choice in cl.filter_specs[0].choices(cl)][1:]
+    assert choices == ["builtins.RuntimeError", "builtins.ValueError"]
+
+    by_class = error_list(admin_client, exception_class="builtins.ValueError")
+    by_name = error_list(admin_client, name="shop.tasks.write_then_fail")
+    occurred = next(spec for spec in cl.filter_specs if spec.title == "occurred")
+    past_week = next(
+        choice for choice in occurred.choices(cl) if choice["display"] == "Past 7 days"
+    )
+    by_date = admin_client.get(reverse(ERRORS) + past_week["query_string"])
+    prefix_only = error_list(admin_client, exception_class="builtins.Runtime")
+
+    assert listed_errors(by_class) == [errors[1].pk]
+    assert listed_errors(by_name) == [errors[0].pk]
+    assert listed_errors(by_date) == [errors[1].pk]
+    assert listed_errors(prefix_only) == []
+
+
+def test_error_changelist_search_by_job_id_and_text(admin_client):
+    errors = errors_of(
+        ("shop.tasks.write_then_fail", "apple"), ("shop.tasks.write_then_fail", "pear")
+    )
+
+    by_id = error_list(admin_client, q=str(errors[1].job_id))
+    by_text = error_list(admin_client, q="APPLE")
+
+    assert listed_errors(by_id) == [errors[1].pk]
+    assert listed_errors(by_text) == [errors[0].pk]
+
+
+def test_error_detail_is_read_only_and_shows_the_traceback(admin_client):
+    (error,) = errors_of(("shop.tasks.write_then_fail", "a"))
+    url = reverse("admin:async_jobs_error_change", args=[error.pk])
+
+    page = admin_client.get(url)
+    posted = admin_client.post(url, {"attempt": 9, "exception": "edited"})
+    added = admin_client.get(reverse("admin:async_jobs_error_add"))
+    deleted = admin_client.post(
+        reverse("admin:async_jobs_error_delete", args=[error.pk]), {"post": "yes"}
+    )
+
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert "Traceback (most recent call last):" in html
+    assert 'name="_save"' not in html
+    assert posted.status_code == 403
+    assert added.status_code == 403
+    assert deleted.status_code == 403
+    error.refresh_from_db()
+    assert (error.attempt, error.exception.startswith("builtins.")) == (1, True)
+
+
+def test_who_may_view_jobs_may_view_their_errors(viewer, client, django_user_model):
+    errors_of(("shop.tasks.write_then_fail", "a"))
+
+    assert error_list(viewer).status_code == 200
+    user = django_user_model.objects.create_user("nobody", password="pw", is_staff=True)
+    client.force_login(user)
+    assert error_list(client).status_code == 403
+
+
+def test_error_changelist_counts_are_bounded_and_choices_come_from_recent_rows(
+    admin_client, monkeypatch, on_postgres
+):
+    from async_jobs.admin import ErrorNameFilter, ExceptionClassFilter
+
+    monkeypatch.setattr(EstimatedCountPaginator, "exact_limit", 3)
+    monkeypatch.setattr(ErrorNameFilter, "rows", 3)
+    monkeypatch.setattr(ExceptionClassFilter, "rows", 3)
+    errors_of(
+        ("shop.tasks.send_receipt", "old"),  # ValueError: not an id
+        *[("shop.tasks.write_then_fail", str(n)) for n in range(4)],
+    )
+
+    with CaptureQueriesContext(connection) as queries:
+        response = error_list(admin_client)
+
+    assert response.status_code == 200
+    sql = [query["sql"] for query in queries if "async_jobs_error" in query["sql"]]
+    counts = [query for query in sql if "COUNT(" in query.upper()]
+    assert "LIMIT 4" in counts[0]
+    assert len(counts) == (1 if on_postgres else 2), counts
+    distinct = [query for query in sql if "DISTINCT" in query]
+    assert len(distinct) == 2 and all(">=" in query for query in distinct), distinct
+    page = next(
+        query
+        for query in sql
+        if '"async_jobs_error"."exception"' in query
+        and "JOIN" in query
+        and not query.startswith("EXPLAIN")
+    )
+    assert 'ORDER BY "async_jobs_error"."id" DESC' in page, page
+    assert '"async_jobs_error"."traceback"' not in page  # not shown, not read
+    assert '"async_jobs_job"."kwargs"' not in page
+    cl = response.context["cl"]
+    # The oldest error (a ValueError) is not among the newest three.
+    classes = [choice["display"] for choice in cl.filter_specs[0].choices(cl)][1:]
+    assert classes == ["builtins.RuntimeError"]
+    assert cl.paginator.estimated == on_postgres

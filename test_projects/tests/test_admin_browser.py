@@ -139,3 +139,54 @@ def test_log_in_filter_failed_jobs_and_run_one_again(
     table = browser.find_element(By.CSS_SELECTOR, ".async-jobs-overview-table")
     assert "default" in table.text
     browser.save_screenshot(str(ARTIFACTS / "admin_queue_overview.png"))
+
+
+def test_browse_errors_filter_by_class_and_open_the_job(
+    live_server, browser, django_user_model
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    django_user_model.objects.create_superuser("operator", password="s3cret-pass")
+    first = failed_job("first")
+    other = schedule(
+        "shop.tasks.send_receipt", args=["no id"], meta={"max_attempts": 1}
+    )
+    with pytest.raises(ValueError):
+        other.execute()
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(live_server.url + reverse("admin:login"))
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(seen.presence_of_element_located((By.ID, "user-tools")))
+
+    browser.get(live_server.url + reverse("admin:async_jobs_error_changelist"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert len(rows) == 2
+    assert browser.find_elements(By.NAME, "action") == []  # nothing to act on
+    assert browser.find_elements(By.CSS_SELECTOR, ".object-tools a.addlink") == []
+    filters = browser.find_element(By.ID, "changelist-filter")
+    filters.find_element(By.LINK_TEXT, "builtins.RuntimeError").click()
+    wait.until(seen.url_contains("exception_class=builtins.RuntimeError"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert len(rows) == 1
+    assert "failed after writing first" in rows[0].text
+    assert "shop.tasks.write_then_fail" in rows[0].text
+    ARTIFACTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(ARTIFACTS / "admin_errors.png"))
+
+    # The error's page: its traceback, read-only; then its job.
+    rows[0].find_element(By.PARTIAL_LINK_TEXT, "builtins.RuntimeError").click()
+    traceback = wait.until(
+        seen.visibility_of_element_located(
+            (By.CSS_SELECTOR, "pre.async-jobs-traceback")
+        )
+    )
+    assert "RuntimeError: failed after writing first" in traceback.text
+    assert browser.find_elements(By.NAME, "_save") == []
+    assert browser.find_elements(By.CSS_SELECTOR, "a.deletelink") == []
+    browser.find_element(By.LINK_TEXT, f"#{first.pk}").click()
+    wait.until(seen.url_contains(f"/admin/async_jobs/job/{first.pk}/change/"))
+    assert "shop.tasks.write_then_fail" in browser.page_source

@@ -14,6 +14,7 @@ from async_jobs.management.arguments import (
     positive_int,
     positive_seconds,
 )
+from async_jobs.management.log_output import log_to_stderr
 from async_jobs.management.preflight import ready_database
 from async_jobs.notifications import listens
 from async_jobs.supervisor import ChildReport, Supervisor
@@ -126,10 +127,14 @@ class Command(BaseCommand):
 
         if loop and options["verbosity"] >= 1:
             self.announce(make_worker(time.monotonic()), sleep)
-        if self.supervise or processes > 1:
-            self.supervised(make_worker, using, loop, sleep, processes, verbose)
-            return
-        worker = make_worker(time.monotonic())
+        with log_to_stderr(self.stderr, options["verbosity"]):
+            if self.supervise or processes > 1:
+                self.supervised(make_worker, using, loop, sleep, processes, verbose)
+            else:
+                self.in_process(make_worker(time.monotonic()), using, loop, sleep)
+
+    def in_process(self, worker: Worker, using: str, loop: bool, sleep: float) -> None:
+        """Run the worker in this process, as ``call_command()`` does."""
         try:
             with stop_on_signals(worker):
                 if loop:
