@@ -15,3 +15,6 @@ class AsyncJobsConfig(AppConfig):
         from async_jobs.claiming import create_claim_function
 
         post_migrate.connect(create_claim_function, sender=self)
+        from async_jobs.integrations import plug_in
+
+        plug_in()

@@ -21,6 +21,8 @@ from async_jobs.recurrence import (
 )
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_scheduled
+from async_jobs.traceparent import RULE as TRACEPARENT_RULE
+from async_jobs.traceparent import is_traceparent, stamp
 
 if TYPE_CHECKING:
     from async_jobs.models import Job
@@ -53,6 +55,7 @@ META_KEYS = {
         "the TASKS alias of the async_jobs.backends.JobsBackend that enqueued it "
         "(set by that backend)"
     ),
+    "traceparent": TRACEPARENT_RULE,
 }
 
 #: Controls that can't be combined, and why.
@@ -110,6 +113,8 @@ def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
         isinstance(meta["task_backend"], str) and meta["task_backend"]
     ):
         raise _meta_error("task_backend", meta["task_backend"])
+    if "traceparent" in meta and not is_traceparent(meta["traceparent"]):
+        raise _meta_error("traceparent", meta["traceparent"])
     return _validate_scheduling_features(dict(meta))
 
 
@@ -283,7 +288,7 @@ def build_job(
             resolved.add(name)
     args, kwargs = _check_arguments(args, kwargs)
     when = resolve_run_after(run_after)
-    meta = validate_meta(meta, config)
+    meta = stamp(validate_meta(meta, config))
     return Job(
         name=name,
         args=args,

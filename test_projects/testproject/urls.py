@@ -2,10 +2,16 @@ from django.contrib import admin
 from django.urls import include, path
 
 from async_jobs import tasks_framework
+from async_jobs.views import MetricsView
+
+#: The bearer token of the token-protected metrics view (tests only).
+METRICS_TOKEN = "test-metrics-token-0123456789"
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("feedback/", include("feedback.urls")),
+    path("jobs/", include("async_jobs.urls")),
+    path("scrape/metrics", MetricsView.as_view(token=METRICS_TOKEN)),
 ]
 
 if tasks_framework.AVAILABLE:

@@ -10,6 +10,10 @@ from async_jobs.management.arguments import (
     positive_int,
     positive_seconds,
 )
+from async_jobs.management.metrics_server import (
+    add_metrics_options,
+    start_metrics_server,
+)
 from async_jobs.management.preflight import ready_database
 from async_jobs.notifications import listens
 from async_jobs.worker import Worker, WorkerAborted, stop_on_signals, what_failed
@@ -62,6 +66,7 @@ class Command(BaseCommand):
             "(default: ASYNC_JOBS['BATCH_SIZE'], 1). Faster commits, but a crash "
             "re-runs the whole batch; see the docs.",
         )
+        add_metrics_options(parser)
 
     def handle(
         self,
@@ -78,6 +83,7 @@ class Command(BaseCommand):
             raise CommandError("--sleep only applies with --loop.")
         using = ready_database(self, queues)
         config = jobs_settings()
+        metrics = start_metrics_server(self, using, loop=loop, options=options)
         worker = Worker(
             using=using,
             queues=queues,
@@ -106,6 +112,9 @@ class Command(BaseCommand):
                 f"the running job was rolled back and stays pending. "
                 f"{worker.summary()}"
             ) from exc
+        finally:
+            if metrics is not None:
+                metrics.close()
         self.stdout.write(worker.summary())
 
     def announce(self, worker: Worker, sleep: float) -> None:
