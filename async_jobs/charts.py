@@ -102,13 +102,15 @@ def hourly_svg(outcomes: HourlyOutcomes) -> SafeString:
                 _bar("failed", x, width, y(succeeded + failed), y(succeeded)),
             )
         )
-        if hour.hour % LABEL_EVERY == 0 or index == len(outcomes.hours) - 1:
+        last = index == len(outcomes.hours) - 1
+        # Every few hours, but none crowding the "now" of the last hour.
+        if last or (hour.hour % LABEL_EVERY == 0 and index < len(outcomes.hours) - 2):
             labels.append(
                 format_html(
                     '<text class="axis" x="{}" y="{}" text-anchor="middle">{}</text>',
                     f"{x + width / 2:.1f}",
                     HEIGHT - 8,
-                    "now" if index == len(outcomes.hours) - 1 else f"{hour:%H}:00",
+                    "now" if last else f"{hour:%H}:00",
                 )
             )
     empty = ""
