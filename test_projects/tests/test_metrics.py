@@ -376,3 +376,26 @@ def test_without_the_extra_the_port_is_refused():
 
     assert done.returncode == 1
     assert "--metrics-port needs prometheus_client" in done.stderr
+
+
+def test_the_gauges_query_reads_the_unfinished_jobs_only(on_postgres):
+    """Through the partial indexes, not a scan of the finished jobs."""
+    if not on_postgres:
+        pytest.skip("the plan is PostgreSQL's")
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    Job.objects.bulk_create(
+        Job(name="shop.tasks.noop", status=Job.Status.SUCCEEDED) for _ in range(20_000)
+    )
+    schedule("shop.tasks.noop")
+    with connection.cursor() as cursor:
+        cursor.execute("ANALYZE async_jobs_job")
+    with CaptureQueriesContext(connection) as queries:
+        read_queues()
+    [query] = queries
+    with connection.cursor() as cursor:
+        cursor.execute("EXPLAIN " + query["sql"])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "async_jobs_job_claim_idx" in plan, plan
+    assert "Seq Scan on async_jobs_job" not in plan, plan
