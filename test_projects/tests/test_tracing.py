@@ -12,6 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import (
     InMemorySpanExporter,
 )
 from opentelemetry.trace import SpanKind, StatusCode
+from testproject.telemetry import configure_tracing
 
 from async_jobs import Job, schedule, schedule_many
 
@@ -23,11 +24,9 @@ _exporter = InMemorySpanExporter()
 @pytest.fixture
 def spans():
     """The exporter of the process's tracer provider, emptied for this test."""
-    provider = trace.get_tracer_provider()
-    if not isinstance(provider, TracerProvider):
-        provider = TracerProvider()
-        provider.add_span_processor(SimpleSpanProcessor(_exporter))
-        trace.set_tracer_provider(provider)
+    if not isinstance(trace.get_tracer_provider(), TracerProvider):
+        # Spans are exported as they end, for the test to see at once.
+        configure_tracing(_exporter, processor=SimpleSpanProcessor)
     _exporter.clear()
     yield _exporter
     _exporter.clear()
