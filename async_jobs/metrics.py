@@ -79,8 +79,12 @@ def _started(sender: type[Job], job: Job, **kwargs: object) -> None:
 
 @receiver(job_finished, dispatch_uid="async_jobs.metrics.finished")
 def _finished(sender: type[Job], job: Job, outcome: object, **kwargs: object) -> None:
-    ATTEMPTS.labels(job.queue, job.name, outcome.status).inc()
-    RUN_TIME.labels(job.queue, job.name).observe(outcome.duration)
+    # A receiver that raises would keep the ones after it from being called.
+    try:
+        ATTEMPTS.labels(job.queue, job.name, outcome.status).inc()
+        RUN_TIME.labels(job.queue, job.name).observe(outcome.duration)
+    except Exception:
+        logger.exception("Could not count the attempt of job %s", job.pk)
 
 
 @dataclass(frozen=True)

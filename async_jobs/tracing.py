@@ -130,6 +130,14 @@ def _finished(sender: type[Job], job: Job, outcome: object, **kwargs: object) ->
     attempt = _attempts.pop(id(job), None)
     if attempt is None:
         return  # started before tracing was plugged in, or its start failed
+    # A receiver that raises would keep the ones after it from being called.
+    try:
+        _end(attempt, outcome)
+    except Exception:
+        logger.exception("Could not end the span of job %s", job.pk)
+
+
+def _end(attempt: _Attempt, outcome: object) -> None:
     _detach(attempt)
     span = attempt.span
     span.set_attribute("async_jobs.job.outcome", outcome.status)

@@ -122,9 +122,10 @@ def run(rows: int, repeat: int) -> None:
     from django.test.utils import CaptureQueriesContext, setup_test_environment
     from django.urls import reverse
 
+    from async_jobs.metrics import read_queues
     from async_jobs.models import Job
     from async_jobs.pruning import prunable, prune
-    from async_jobs.status import queue_overview
+    from async_jobs.status import hourly_outcomes, queue_overview
 
     settings.DEBUG = False
     setup_test_environment()
@@ -201,6 +202,8 @@ def run(rows: int, repeat: int) -> None:
         ),
         ("queue overview page", page(reverse("admin:async_jobs_job_overview"))),
         ("queue_overview() (queue_status)", queue_overview),
+        ("hourly_outcomes() (the overview's chart)", hourly_outcomes),
+        ("read_queues() (Prometheus queue gauges)", read_queues),
         ("for comparison: COUNT(*) of all jobs", Job.objects.count),
         (
             "for comparison: COUNT(*) of succeeded jobs",
@@ -218,6 +221,15 @@ def run(rows: int, repeat: int) -> None:
     print(f"\nQueries of the first changelist page ({len(queries)}):")
     for query in queries:
         print(f"  {query['time']:>6}s  {query['sql'][:150]}")
+
+    for label, read in (("chart", hourly_outcomes), ("queue gauges", read_queues)):
+        with CaptureQueriesContext(connection) as queries:
+            read()
+        [query] = queries
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + query["sql"])
+            plan = "\n  ".join(row[0] for row in cursor.fetchall())
+        print(f"\nPlan of the {label}'s query:\n  {plan}")
 
     # Pruning: count, then delete the succeeded jobs older than 7 days in
     # batches of 1,000, timing each batch (each is one transaction).
