@@ -28,11 +28,12 @@ from django.urls import path, reverse
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
+from async_jobs.charts import hourly_chart
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.durations import format_age
 from async_jobs.groups import delete_jobs
 from async_jobs.models import REQUEUABLE, Error, Job
-from async_jobs.overview import queue_overview
+from async_jobs.overview import hourly_outcomes, queue_overview
 from async_jobs.pagination import EstimatedCountPaginator
 
 #: At most this many refused job ids are named in an action's message.
@@ -382,6 +383,7 @@ class JobAdmin(admin.ModelAdmin):
             "statuses": Job.Status.labels,
             "rows": rows,
             "overview": overview,
+            "chart": hourly_chart(hourly_outcomes()),
         }
         return TemplateResponse(request, "admin/async_jobs/job/overview.html", context)
 

@@ -16,6 +16,7 @@ class AsyncJobsConfig(AppConfig):
         from async_jobs.claiming import create_claim_function
         from async_jobs.execution import execute_now
         from async_jobs.groups import close_finished_groups
+        from async_jobs.integrations import plug_in
         from async_jobs.recurrence import schedule_next_occurrences
 
         # A series goes on before its group is looked at: the order of old.
@@ -26,4 +27,6 @@ class AsyncJobsConfig(AppConfig):
         # and the checks of the TASKS backends (JobsBackend's too) run.
         with suppress(ImproperlyConfigured):
             from async_jobs import backends  # noqa: F401
+        # Prometheus and OpenTelemetry, where their extras are installed.
+        plug_in()
         post_migrate.connect(create_claim_function, sender=self)

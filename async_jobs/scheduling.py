@@ -20,6 +20,7 @@ from async_jobs.groups import held_run_after, join_open_groups, save_in_group
 from async_jobs.inserting import insert_jobs
 from async_jobs.models import Job
 from async_jobs.signatures import check_call
+from async_jobs.traceparent import stamp
 from async_jobs.uniqueness import save_or_find_twin
 from async_jobs.validation import check_arguments, resolve_run_after, validate_meta
 
@@ -117,7 +118,7 @@ def build_job(
     args, kwargs = check_arguments(args, kwargs)
     check_call(name, args, kwargs)
     when = resolve_run_after(run_after)
-    meta = validate_meta(meta, config)
+    meta = stamp(validate_meta(meta, config))
     return Job(
         name=name,
         args=args,

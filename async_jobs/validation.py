@@ -19,6 +19,8 @@ from async_jobs.conf import JobsSettings, is_int, is_number
 from async_jobs.cron import REPEAT_RULE, is_valid_cron
 from async_jobs.models import Job
 from async_jobs.serialization import check_json
+from async_jobs.traceparent import RULE as TRACEPARENT_RULE
+from async_jobs.traceparent import is_traceparent
 
 #: The longest queue name and group reference: what their columns hold.
 QUEUE_MAX_LENGTH = Job._meta.get_field("queue").max_length
@@ -48,6 +50,7 @@ META_KEYS = {
         "the TASKS alias of the async_jobs.backends.JobsBackend that enqueued it "
         "(set by that backend)"
     ),
+    "traceparent": TRACEPARENT_RULE,
 }
 
 #: Controls that can't be combined, and why.
@@ -101,6 +104,8 @@ def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
         isinstance(meta["task_backend"], str) and meta["task_backend"]
     ):
         raise _meta_error("task_backend", meta["task_backend"])
+    if "traceparent" in meta and not is_traceparent(meta["traceparent"]):
+        raise _meta_error("traceparent", meta["traceparent"])
     return _validate_scheduling_features(dict(meta))
 
 

@@ -133,8 +133,9 @@ def run(rows: int, repeat: int) -> None:
     from django.test.utils import CaptureQueriesContext, setup_test_environment
     from django.urls import reverse
 
+    from async_jobs.metrics import read_queues
     from async_jobs.models import Error, Job
-    from async_jobs.overview import queue_overview
+    from async_jobs.overview import hourly_outcomes, queue_overview
     from async_jobs.pruning import prunable, prune
 
     settings.DEBUG = False
@@ -232,6 +233,8 @@ def run(rows: int, repeat: int) -> None:
         (f"errors: search by job id ({failed_id})", page(errors, q=str(failed_id))),
         ("errors: search 'stock' (exception contains)", page(errors, q="stock")),
         ("errors: one error's page", page(reverse(ERROR_PAGE, args=[error_id]))),
+        ("hourly_outcomes() (the overview's chart)", hourly_outcomes),
+        ("read_queues() (Prometheus queue gauges)", read_queues),
         ("for comparison: COUNT(*) of all jobs", Job.objects.count),
         ("for comparison: COUNT(*) of all errors", Error.objects.count),
         (
@@ -251,6 +254,15 @@ def run(rows: int, repeat: int) -> None:
         print(f"\nQueries of the first page of {path} ({len(queries)}):")
         for query in queries:
             print(f"  {query['time']:>6}s  {query['sql'][:150]}")
+
+    for label, read in (("chart", hourly_outcomes), ("queue gauges", read_queues)):
+        with CaptureQueriesContext(connection) as queries:
+            read()
+        [query] = queries
+        with connection.cursor() as cursor:
+            cursor.execute("EXPLAIN (ANALYZE, BUFFERS) " + query["sql"])
+            plan = "\n  ".join(row[0] for row in cursor.fetchall())
+        print(f"\nPlan of the {label}'s query:\n  {plan}")
 
     # Pruning: count, then delete the succeeded jobs older than 7 days in
     # batches of 1,000, timing each batch (each is one transaction).

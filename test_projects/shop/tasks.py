@@ -328,3 +328,12 @@ def close_connection(how: str) -> None:
         connection.close()
     else:
         close_old_connections()
+
+
+def traced(label: str) -> str:
+    """Open a span of its own, as an instrumented library called by a job would."""
+    from opentelemetry import trace
+
+    with trace.get_tracer("shop").start_as_current_span("inside") as span:
+        span.set_attribute("label", label)
+    return label

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from django.urls import reverse
+from django.utils import timezone
 
 from async_jobs import Job, schedule
 
@@ -144,8 +145,6 @@ def test_log_in_filter_failed_jobs_and_run_one_again(
 def test_browse_errors_filter_by_class_and_open_the_job(
     live_server, browser, django_user_model
 ):
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.wait import WebDriverWait
 
     django_user_model.objects.create_superuser("operator", password="s3cret-pass")
@@ -156,6 +155,16 @@ def test_browse_errors_filter_by_class_and_open_the_job(
     with pytest.raises(ValueError):
         other.execute()
     wait = WebDriverWait(browser, WAIT)
+
+
+def test_the_overview_chart_of_finished_jobs_per_hour(
+    live_server, browser, django_user_model
+):
+    from selenium.webdriver.common.by import By
+
+    from async_jobs.overview import hourly_outcomes
+
+    django_user_model.objects.create_superuser("operator", password="s3cret-pass")
     browser.get(live_server.url + reverse("admin:login"))
     browser.find_element(By.NAME, "username").send_keys("operator")
     browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
@@ -190,3 +199,34 @@ def test_browse_errors_filter_by_class_and_open_the_job(
     browser.find_element(By.LINK_TEXT, f"#{first.pk}").click()
     wait.until(seen.url_contains(f"/admin/async_jobs/job/{first.pk}/change/"))
     assert "shop.tasks.write_then_fail" in browser.page_source
+
+    # A day of work: busy in the daytime, a bad hour of failures.
+    now = timezone.now()
+    jobs = []
+    for hours_ago in range(24):
+        busy = 40 + 30 * ((hours_ago + now.hour) % 24 in range(8, 19))
+        failed = 25 if hours_ago == 5 else hours_ago % 3
+        for n in range(busy + failed):
+            jobs.append(
+                Job(
+                    name="shop.tasks.noop",
+                    status=Job.Status.FAILED if n < failed else Job.Status.SUCCEEDED,
+                    finished=now - timedelta(hours=hours_ago, minutes=n % 50),
+                )
+            )
+    Job.objects.bulk_create(jobs)
+    outcomes = hourly_outcomes()
+
+    browser.get(live_server.url + reverse("admin:async_jobs_job_overview"))
+    chart = browser.find_element(By.CSS_SELECTOR, "figure.async-jobs-chart")
+    svg = chart.find_element(By.TAG_NAME, "svg")
+    assert svg.size["width"] > 600 and svg.size["height"] > 150  # laid out, visible
+    failed_bars = svg.find_elements(By.CSS_SELECTOR, "rect.failed")
+    assert len(failed_bars) == sum(1 for n in outcomes.failed if n)
+    tallest = max(failed_bars, key=lambda bar: bar.size["height"])
+    assert tallest.size["height"] > 4 * min(bar.size["height"] for bar in failed_bars)
+    assert f"Failed for good: {sum(outcomes.failed):,}" in chart.text
+    browser.execute_script("arguments[0].scrollIntoView()", chart)
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert chart.screenshot(str(ARTIFACTS / "admin_overview_chart.png"))
+    browser.save_screenshot(str(ARTIFACTS / "admin_queue_overview_chart_page.png"))

@@ -15,6 +15,10 @@ from async_jobs.management.arguments import (
     positive_seconds,
 )
 from async_jobs.management.log_output import log_to_stderr
+from async_jobs.management.metrics_server import (
+    add_metrics_options,
+    start_metrics_server,
+)
 from async_jobs.management.preflight import ready_database
 from async_jobs.notifications import listens
 from async_jobs.supervisor import ChildReport, Supervisor
@@ -89,6 +93,7 @@ class Command(BaseCommand):
             help="With --loop, run N worker processes under this one, which "
             "replaces any that dies and passes stop signals on to all.",
         )
+        add_metrics_options(parser)
 
     def handle(
         self,
@@ -127,14 +132,26 @@ class Command(BaseCommand):
 
         if loop and options["verbosity"] >= 1:
             self.announce(make_worker(time.monotonic()), sleep)
+        if processes > 1 and options.get("metrics_port") is not None:
+            raise CommandError(
+                "--metrics-port serves one process's metrics: use it with "
+                "--processes 1, or the metrics view (docs/observability.rst)."
+            )
         with log_to_stderr(self.stderr, options["verbosity"]):
             if self.supervise or processes > 1:
-                self.supervised(make_worker, using, loop, sleep, processes, verbose)
+                self.supervised(
+                    make_worker, using, loop, sleep, processes, verbose, options
+                )
             else:
-                self.in_process(make_worker(time.monotonic()), using, loop, sleep)
+                self.in_process(
+                    make_worker(time.monotonic()), using, loop, sleep, options
+                )
 
-    def in_process(self, worker: Worker, using: str, loop: bool, sleep: float) -> None:
+    def in_process(
+        self, worker: Worker, using: str, loop: bool, sleep: float, options: dict
+    ) -> None:
         """Run the worker in this process, as ``call_command()`` does."""
+        metrics = start_metrics_server(self, using, loop=loop, options=options)
         try:
             with stop_on_signals(worker):
                 if loop:
@@ -145,6 +162,9 @@ class Command(BaseCommand):
             raise CommandError(
                 f"{self.failure(exc, using)} {worker.summary()}"
             ) from exc
+        finally:
+            if metrics is not None:
+                metrics.close()
         self.stdout.write(worker.summary())
 
     def supervised(
@@ -155,8 +175,13 @@ class Command(BaseCommand):
         sleep: float,
         processes: int,
         verbose: bool,
+        options: dict,
     ) -> None:
-        """Run the worker(s) in child processes; charge a child's death."""
+        """Run the worker(s) in child processes; charge a child's death.
+
+        A child serves the metrics (``--metrics-port``): its counters are
+        where its jobs run.
+        """
         started = time.monotonic()
 
         def run_child(report: ChildReport) -> int:
@@ -173,15 +198,23 @@ class Command(BaseCommand):
                 if worker.max_jobs is None
                 else worker.max_jobs - supervisor.counts.total()
             )
+            metrics = None
             try:
+                metrics = start_metrics_server(self, using, loop=loop, options=options)
                 with stop_on_signals(worker):
                     if loop:
                         worker.loop(sleep)
                     else:
                         worker.run()
+            except CommandError as exc:
+                report.send(fatal=str(exc))
+                return 1
             except (WorkerAborted, DatabaseError) as exc:
                 report.send(fatal=self.failure(exc, using))
                 return 1
+            finally:
+                if metrics is not None:
+                    metrics.close()
             report.send(done=True)
             return 0
 
