@@ -145,6 +145,8 @@ def test_log_in_filter_failed_jobs_and_run_one_again(
 def test_browse_errors_filter_by_class_and_open_the_job(
     live_server, browser, django_user_model
 ):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
     from selenium.webdriver.support.wait import WebDriverWait
 
     django_user_model.objects.create_superuser("operator", password="s3cret-pass")
@@ -155,16 +157,6 @@ def test_browse_errors_filter_by_class_and_open_the_job(
     with pytest.raises(ValueError):
         other.execute()
     wait = WebDriverWait(browser, WAIT)
-
-
-def test_the_overview_chart_of_finished_jobs_per_hour(
-    live_server, browser, django_user_model
-):
-    from selenium.webdriver.common.by import By
-
-    from async_jobs.overview import hourly_outcomes
-
-    django_user_model.objects.create_superuser("operator", password="s3cret-pass")
     browser.get(live_server.url + reverse("admin:login"))
     browser.find_element(By.NAME, "username").send_keys("operator")
     browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
@@ -200,6 +192,19 @@ def test_the_overview_chart_of_finished_jobs_per_hour(
     wait.until(seen.url_contains(f"/admin/async_jobs/job/{first.pk}/change/"))
     assert "shop.tasks.write_then_fail" in browser.page_source
 
+
+def test_the_overview_chart_of_finished_jobs_per_hour(
+    live_server, browser, django_user_model
+):
+    from selenium.webdriver.common.by import By
+
+    from async_jobs.overview import hourly_outcomes
+
+    django_user_model.objects.create_superuser("operator", password="s3cret-pass")
+    browser.get(live_server.url + reverse("admin:login"))
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
     # A day of work: busy in the daytime, a bad hour of failures.
     now = timezone.now()
     jobs = []
