@@ -41,6 +41,7 @@ from async_jobs.models import Job
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
 from async_jobs.timeouts import time_limit
+from async_jobs.validation import check_stored
 
 logger = logging.getLogger("async_jobs")
 
@@ -227,6 +228,13 @@ def _attempt(
     if starting is not None:
         starting(job)
     began = time.monotonic()
+    try:
+        check_stored(job)
+    except (ValueError, ImportError) as exc:
+        # A row no retry can mend fails at once; a missing module may come.
+        job.record_failure(using, exc, permanent=isinstance(exc, ValueError))
+        status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
+        return Outcome(job, status, time.monotonic() - began, exc)
     returned = False
     try:
         with transaction.atomic(using=using):

@@ -8,6 +8,14 @@ an exact decimal that comes back as another number, an int. A job whose
 arguments changed on the way would run with other data than its caller
 passed, so such values are refused up front, naming where they sit, on every
 database alike: a project may move from SQLite to PostgreSQL.
+
+Nor may a value nest lists and dicts more than ``MAX_DEPTH`` deep. Python's
+``json`` recurses once per level against the interpreter's recursion limit
+(1,000 frames, counting those of the code that writes or reads it): about
+950 to 980 levels deep, writing a row or reading it back raises
+``RecursionError``, earlier in a deeper stack. SQLite's JSON functions stop
+at 2,000 levels, PostgreSQL's ``jsonb`` at its stack limit (some 14,500 with
+the default ``max_stack_depth``).
 """
 
 from __future__ import annotations
@@ -18,6 +26,11 @@ from typing import Any
 #: Floats from here up are written with an exponent, which ``jsonb`` turns
 #: into an int: 1e23 comes back as 100000000000000000000000, not 1e23.
 FLOAT_LIMIT = 1e16
+
+#: The deepest nesting of lists and dicts allowed, the value itself counting
+#: as one level: ``args`` is a list, so an argument may nest 99 more. Well
+#: below the roughly 950 levels at which Python's ``json`` gives out.
+MAX_DEPTH = 100
 
 
 def check_json(value: Any, where: str) -> None:
@@ -48,6 +61,11 @@ def _check(value: Any, where: str, enclosing: set[int]) -> None:
         raise TypeError(f"{where}: {type(value).__name__} is not JSON serializable")
     if id(value) in enclosing:
         raise TypeError(f"{where}: contains itself; JSON can't hold a cycle")
+    if len(enclosing) >= MAX_DEPTH:
+        raise TypeError(
+            f"{where}: lists and dicts nested more than {MAX_DEPTH} levels deep; "
+            "JSON this deep can't be reliably written and read back"
+        )
     enclosing.add(id(value))
     if isinstance(value, list):
         for index, item in enumerate(value):

@@ -337,3 +337,25 @@ def traced(label: str) -> str:
     with trace.get_tracer("shop").start_as_current_span("inside") as span:
         span.set_attribute("label", label)
     return label
+
+
+def nested_result(depth: int) -> list:
+    """Return a list nested ``depth`` levels deep: ``[[[...]]]``."""
+    result: list = []
+    for _ in range(depth - 1):
+        result = [result]
+    return result
+
+
+def depth_of(value) -> int:
+    """How many lists and dicts deep ``value`` nests; a scalar is 0."""
+    if isinstance(value, list):
+        return 1 + max(map(depth_of, value), default=0)
+    if isinstance(value, dict):
+        return 1 + max(map(depth_of, value.values()), default=0)
+    return 0
+
+
+def nesting(*args, **kwargs) -> dict:
+    """The depth of the arguments as received, ``args`` and ``kwargs`` each."""
+    return {"args": depth_of(list(args)), "kwargs": depth_of(kwargs)}

@@ -1,7 +1,10 @@
 """Recurring jobs: each occurrence's successor commits with its outcome."""
 
+import logging
+import re
 import sys
 from datetime import UTC, datetime, timedelta
+from datetime import timezone as fixed_offset
 from pathlib import Path
 
 import pytest
@@ -11,6 +14,8 @@ from freezegun import freeze_time
 from shop.models import Mark
 
 from async_jobs import Job, schedule
+from async_jobs.cron import REPEAT_MAX, next_slot
+from async_jobs.recurrence import schedule_next, schedule_next_occurrences
 
 from .conftest import manage, wait_until
 
@@ -207,6 +212,9 @@ def test_a_unique_series_is_created_once(flush_queue):
     assert schedule("shop.tasks.noop", meta=meta).pk == second.pk
 
 
+MINUS_5 = fixed_offset(timedelta(hours=-5))
+
+
 @pytest.mark.parametrize(
     ("meta", "error", "message"),
     [
@@ -224,6 +232,40 @@ def test_a_unique_series_is_created_once(flush_queue):
             "naive datetime while USE_TZ",
         ),
         ({"repeat": 60, "repeat_until": "soon"}, ValueError, "must be a datetime"),
+        # Accepted before, then the worker died scheduling the next occurrence.
+        (
+            {"repeat": 1e-9},
+            ValueError,
+            r"meta\['repeat'\] is 1e-09; it must be a number of seconds from 1 to "
+            r"315360000 \(3650 days\)",
+        ),
+        ({"repeat": 0.5}, ValueError, r"meta\['repeat'\] is 0.5; it must be"),
+        ({"repeat": 10**12}, ValueError, r"meta\['repeat'\] is 1000000000000; it"),
+        ({"repeat": REPEAT_MAX + 1}, ValueError, r"meta\['repeat'\] is 315360001;"),
+        (
+            {"repeat": timedelta(days=3651)},
+            ValueError,
+            r"meta\['repeat'\] is 315446400; it must be",
+        ),
+        (
+            {"repeat": "0 0 31 2 *"},
+            ValueError,
+            r"meta\['repeat'\] '0 0 31 2 \*' has no next date after ",
+        ),
+        (
+            {
+                "repeat": 60,
+                "repeat_until": datetime(9999, 12, 31, 23, tzinfo=MINUS_5),
+            },
+            ValueError,
+            r"meta\['repeat_until'\] 9999-12-31T23:00:00-05:00 is outside years 1 to "
+            "9998 in UTC",
+        ),
+        (
+            {"repeat": 60, "repeat_until": "9999-06-01T00:00:00+00:00"},
+            ValueError,
+            r"meta\['repeat_until'\] 9999-06-01T00:00:00\+00:00 is outside years",
+        ),
         ({"repeat": 60, "group": "g"}, ValueError, "can't be combined: a repeating"),
     ],
 )
@@ -242,18 +284,21 @@ def test_a_cron_expression_without_croniter_is_refused(monkeypatch):
     assert Job.objects.count() == 1
 
 
-def test_a_worker_without_croniter_stops_rather_than_end_a_cron_series(
+def test_a_worker_without_croniter_fails_the_attempt_rather_than_end_the_series(
     flush_queue, monkeypatch
 ):
+    # No job can stop the worker: the attempt fails, saying what is missing,
+    # and is retried; the series is still there once croniter is installed.
     job = schedule("shop.tasks.record", args=["x"], meta={"repeat": "* * * * *"})
     Job.objects.filter(pk=job.pk).update(run_after=job.run_after - timedelta(hours=1))
     monkeypatch.setitem(sys.modules, "croniter", None)
 
-    with pytest.raises(ImportError, match="needs croniter"):
-        flush_queue()
+    flush_queue()
 
     job.refresh_from_db()
-    assert (job.status, job.attempts) == (Job.Status.PENDING, 0)
+    assert (job.status, job.attempts) == (Job.Status.PENDING, 1)
+    [error] = job.errors.all()
+    assert "needs croniter" in error.exception
     assert not Mark.objects.exists()
 
 
@@ -290,3 +335,80 @@ def test_a_worker_killed_mid_run_leaves_exactly_one_occurrence(tmp_path, run_man
     assert Mark.objects.get().label == "crash"
     [second] = pending()
     assert second.run_after == first.run_after + timedelta(hours=1)
+
+
+@pytest.mark.parametrize(
+    "repeat", [1, REPEAT_MAX, timedelta(days=3650), "0 0 29 2 *", "@yearly"]
+)
+def test_repeats_at_the_ends_of_the_range_are_accepted(repeat):
+    job = schedule("shop.tasks.noop", meta={"repeat": repeat})
+    assert Job.objects.get(pk=job.pk).run_after == job.run_after
+
+
+@pytest.mark.parametrize(
+    ("repeat", "message"),
+    [
+        (0, r"meta\['repeat'\] is 0; the series' next slot after .* can't be "),
+        (1e-9, r"meta\['repeat'\] is 1e-09; .*ZeroDivisionError"),
+        (10**12, r"meta\['repeat'\] is 1000000000000; .*OverflowError"),
+        (float("nan"), r"meta\['repeat'\] is nan;"),
+        (None, r"meta\['repeat'\] is None; the series' next slot can't be computed"),
+        ([60], r"meta\['repeat'\] is \[60\];"),
+        ("garbage", r"meta\['repeat'\] 'garbage' has no next date after "),
+        ("0 0 31 2 *", r"meta\['repeat'\] '0 0 31 2 \*' has no next date after "),
+    ],
+)
+def test_a_next_slot_that_cant_be_computed_is_a_value_error(repeat, message):
+    slot = at("2030-01-01 12:00:00")
+    with pytest.raises(ValueError, match=message):
+        next_slot(repeat, slot, slot + timedelta(seconds=1))
+
+
+def stored(job: Job, meta) -> Job:
+    """Write ``meta`` over the job's row, as SQL or an older version might."""
+    Job.objects.filter(pk=job.pk).update(meta=meta)
+    return Job.objects.get(pk=job.pk)
+
+
+@pytest.mark.parametrize(
+    ("meta", "message"),
+    [
+        ({"repeat": "garbage"}, r"meta\['repeat'\] 'garbage' is not a valid cron"),
+        ({"repeat": 1e-9}, r"meta\['repeat'\] is 1e-09; it must be a number"),
+        ({"repeat": 10**12}, r"meta\['repeat'\] is 1000000000000; it must be"),
+        ({"repeat": "0 0 31 2 *"}, r"'0 0 31 2 \*' has no next date after "),
+        ({"repeat": 60, "repeat_until": 5}, r"meta\['repeat_until'\] is 5; it must"),
+        ({"repeat": 60, "colour": "red"}, r"Unknown meta key\(s\) 'colour'"),
+    ],
+)
+def test_a_finished_occurrence_whose_stored_meta_is_invalid_ends_its_series(
+    meta, message, caplog
+):
+    job = stored(schedule("shop.tasks.noop", meta={"repeat": 60}), meta)
+    job.status = Job.Status.SUCCEEDED
+
+    with pytest.raises(ValueError, match=message):
+        schedule_next(job, "default")
+    # As the worker's hook: logged, and nothing else happens.
+    with caplog.at_level(logging.ERROR, logger="async_jobs"):
+        schedule_next_occurrences([job], "default")
+
+    assert Job.objects.count() == 1
+    [record] = caplog.records
+    logged = record.getMessage()
+    assert logged.startswith(f"Job {job.pk} shop.tasks.noop: its series ends: ")
+    assert re.search(message, logged)
+
+
+def test_a_series_whose_next_slot_falls_after_year_9998_ends(flush_queue):
+    last = datetime(9998, 6, 1, tzinfo=UTC)
+    job = schedule("shop.tasks.noop", run_after=last, meta={"repeat": "0 0 1 1 *"})
+
+    job.execute()
+
+    job.refresh_from_db()
+    assert (job.status, job.run_after) == (Job.Status.SUCCEEDED, last)
+    assert Job.objects.count() == 1
+    # Short of the limit, the series goes on.
+    schedule("shop.tasks.noop", run_after=last, meta={"repeat": 3600}).execute()
+    assert [job.run_after for job in pending()] == [last + timedelta(hours=1)]

@@ -4,6 +4,7 @@ import os
 import subprocess
 import threading
 from datetime import UTC, datetime, timedelta
+from datetime import timezone as fixed_offset
 from decimal import Decimal
 
 import pytest
@@ -239,6 +240,14 @@ def test_naive_datetime_is_refused():
         ({"max_attempts": 0}, ValueError, r"meta\['max_attempts'\] is 0"),
         ({"timeout": -1}, ValueError, r"meta\['timeout'\] is -1"),
         ({"timeout": float("inf")}, ValueError, r"meta\['timeout'\] is inf"),
+        (
+            {"timeout": 0.0001},
+            ValueError,
+            r"meta\['timeout'\] is 0.0001; it must be seconds, a number from "
+            r"0.001 to 2592000 \(30 days\)",
+        ),
+        ({"timeout": 30 * 86400 + 1}, ValueError, r"meta\['timeout'\] is 2592001;"),
+        ({"timeout": 10**12}, ValueError, r"meta\['timeout'\] is 1000000000000;"),
         (["priority"], TypeError, "meta must be a dict"),
     ],
 )
@@ -284,3 +293,98 @@ def test_default_allow_list_is_the_project_not_django_or_stdlib():
     assert "testproject" in allowed
     # Django itself, not installed third-party apps such as django_tasks.
     assert not any(name.partition(".")[0] == "django" for name in allowed)
+
+
+@pytest.mark.parametrize("timeout", [0.001, 30 * 86400])
+def test_timeouts_at_the_ends_of_the_range_are_accepted(timeout):
+    job = schedule("shop.tasks.noop", meta={"timeout": timeout})
+    job.refresh_from_db()
+    assert job.meta == {"timeout": timeout}
+
+
+MINUS_5 = fixed_offset(timedelta(hours=-5))
+
+
+@pytest.mark.parametrize(
+    ("run_after", "message"),
+    [
+        # Year 9999 locally, 10000 in UTC: stored, no query could read it.
+        (
+            datetime(9999, 12, 31, 23, 0, tzinfo=MINUS_5),
+            r"run_after 9999-12-31T23:00:00-05:00 is outside years 1 to 9998 in UTC",
+        ),
+        (datetime(9999, 1, 1, tzinfo=UTC), r"run_after 9999-01-01T00:00:00\+00:00 is"),
+        (
+            datetime(9998, 12, 31, 23, 0, tzinfo=MINUS_5),
+            r"run_after 9998-12-31T23:00:00-05:00 is outside years 1 to 9998",
+        ),
+        (
+            datetime(1, 1, 1, tzinfo=fixed_offset(timedelta(hours=5))),
+            r"run_after 0001-01-01T00:00:00\+05:00 is outside years 1 to 9998",
+        ),
+        # now + it overflows Python's datetime: a ValueError, not OverflowError.
+        (
+            timedelta(days=999_999_999),
+            r"run_after \(now \+ datetime.timedelta\(days=999999999\)\) is outside "
+            "years 1 to 9998",
+        ),
+        (timedelta(days=-999_999_999), r"run_after \(now \+ datetime.timedelta"),
+        # now + it is a datetime, but in year 9999.
+        (timedelta(days=365 * 7980), r"run_after \(now \+ datetime.timedelta\(days="),
+    ],
+)
+def test_run_after_beyond_year_9998_in_utc_is_refused(run_after, message):
+    with pytest.raises(ValueError, match=message):
+        schedule("shop.tasks.noop", run_after=run_after)
+    assert Job.objects.count() == 0
+
+
+def test_run_after_up_to_the_end_of_year_9998_in_utc_is_stored_and_read_back():
+    last = datetime(9998, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    job = schedule("shop.tasks.noop", run_after=last)
+
+    assert Job.objects.get(pk=job.pk).run_after == last
+    # Every query that reads the row still works: none is due.
+    assert not Job.objects.due().exists()
+
+
+def nested_list(depth: int, leaf=1):
+    """``leaf`` inside ``depth`` lists: ``nested_list(2) == [[1]]``."""
+    for _ in range(depth):
+        leaf = [leaf]
+    return leaf
+
+
+def nested_dict(depth: int, leaf=1):
+    for _ in range(depth):
+        leaf = {"k": leaf}
+    return leaf
+
+
+def test_arguments_nested_100_levels_deep_reach_the_function():
+    # args is the first level, kwargs too: 99 more inside each.
+    args = nested_list(100)
+    kwargs = {"deep": nested_dict(99)}
+    job = schedule("shop.tasks.nesting", args=args, kwargs=kwargs)
+
+    assert job.execute() == {"args": 100, "kwargs": 100}
+    job.refresh_from_db()
+    assert (job.args, job.kwargs) == (args, kwargs)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "where"),
+    [
+        (nested_list(101), None, r"args(\[0\]){100}"),
+        (None, {"deep": nested_dict(100)}, r"kwargs\['deep'\](\['k'\]){99}"),
+        # Far deeper than Python's json can write (about 950 levels).
+        (nested_list(5000), None, r"args(\[0\]){100}"),
+    ],
+)
+def test_arguments_nested_deeper_than_100_levels_are_refused(args, kwargs, where):
+    with pytest.raises(
+        TypeError,
+        match=f"^{where}: lists and dicts nested more than 100 levels deep; ",
+    ):
+        schedule("shop.tasks.echo", args=args, kwargs=kwargs)
+    assert Job.objects.count() == 0
