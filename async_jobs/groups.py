@@ -5,13 +5,49 @@ reference (creating it); ``meta={"completes": "import-42"}`` makes a job that
 group's completion job. The completion job waits, pending with ``run_after``
 at :data:`HELD`, until the group's last job has finished.
 
-Exactly once, even with many workers: every change to a group's membership and
-every job of a group reaching a final status takes the group's row lock
-(``SELECT ... FOR UPDATE``) in the transaction that makes the change, then
-counts the group's pending jobs. Under READ COMMITTED (Django's default) the
-last of two workers finishing the group's last two jobs waits for the first to
-commit, then sees both jobs finished: only it closes the group and releases
-the completion job, in the same transaction that records its job's outcome.
+The lock order, one for everything: **job rows, then group rows, and nothing
+that holds a job's row lock waits for a group's lock.**
+
+* Scheduling into a group (a member or the completion job) locks the group's
+  row (``SELECT ... FOR UPDATE``, waiting) until its transaction ends, so no
+  group can close while a job is being added to it: the group is closed only
+  by a transaction that holds that lock, hence never before the new member
+  has committed (or rolled back).
+* Whoever gives jobs of a group a final status (a worker recording an
+  outcome, ``cancel()``, ``deschedule()``, ``job.execute()``,
+  :func:`delete_jobs`) holds those jobs' row locks, then *tries* each
+  group's lock without waiting (``FOR UPDATE SKIP LOCKED``). Got it: it
+  counts the group's pending jobs and closes the group if none is left, in
+  the transaction that wrote the statuses. Someone else holds it (another
+  worker deciding, or a transaction that schedules into the group or cancels
+  one of its jobs): it decides nothing now, and once its own transaction has
+  committed it takes each such group's lock, waiting this time with no job
+  row locked, one group per short transaction, and checks again.
+
+Why no deadlock with a running worker: a worker waits for no lock at all once
+it holds its jobs' rows, so nothing can wait for it while it waits. A
+transaction that scheduled into group G (holding G) and then cancels a member
+a worker is running waits for that worker; the worker, finding G taken,
+records the member's outcome and commits; the cancel then sees the member
+finished and refuses it; the worker checks G once the canceller's
+transaction ends.
+
+Why exactly once, never too early, never left open (READ COMMITTED, Django's
+default): a group is closed only under its row lock, by a statement that
+reads the latest committed row (``finished`` still unset) and counts the
+committed pending jobs after the lock is granted; no transaction adding a
+job to it can be in flight then (it would hold the lock). Once closed,
+``finished`` is set and no later check closes it again; a job scheduled with
+its reference starts a new group. Each transaction that finishes a group's
+job checks the group under its lock after that job's status is committed or
+as part of it: inside its own transaction if it got the lock (anyone
+finishing another job meanwhile finds the lock taken and checks again after
+its own commit, seeing both), else after its commit. So the last of them to
+check sees every job finished. The one gap: a process that dies between
+its commit and that later check (a worker killed at that moment) leaves the
+group open with no pending job until its next change; such groups are what
+``Group.objects.filter(finished=None)`` with ``progress().finished`` lists,
+and :func:`close_finished_groups` of any of their jobs closes them.
 """
 
 from __future__ import annotations
@@ -103,12 +139,44 @@ def close_finished_groups(jobs: Sequence[Job], using: str) -> None:
 def _close_finished(group_ids: Iterable[int | None], using: str) -> None:
     """Close the groups, among these, whose last job has finished.
 
-    Must run in the transaction that recorded those jobs' statuses. The
-    groups are locked in a fixed order, so two workers can't deadlock on them.
+    Must run in the transaction that recorded those jobs' statuses, which may
+    hold job row locks: a group whose lock another transaction holds is not
+    waited for, but checked again once this transaction has committed.
     """
+    taken = []
     for group_id in sorted(set(group_ids) - {None}):
-        group = Group.objects.using(using).select_for_update().get(pk=group_id)
-        _close_if_finished(group, using)
+        group = (
+            Group.objects.using(using)
+            .select_for_update(skip_locked=True)
+            .filter(pk=group_id)
+            .first()
+        )
+        if group is None:  # locked by another transaction (or deleted)
+            taken.append(group_id)
+        else:
+            _close_if_finished(group, using)
+    if taken:
+        transaction.on_commit(
+            lambda: _close_after_commit(taken, using), using=using, robust=True
+        )
+
+
+def _close_after_commit(group_ids: list[int], using: str) -> None:
+    """Check groups again, waiting for their locks; one short transaction each.
+
+    Runs after the commit that finished their jobs, so with no job row locked;
+    it holds one group's lock at a time, so it can't take part in a deadlock.
+    """
+    for group_id in group_ids:
+        with transaction.atomic(using=using):
+            group = (
+                Group.objects.using(using)
+                .select_for_update()
+                .filter(pk=group_id)
+                .first()
+            )
+            if group is not None:
+                _close_if_finished(group, using)
 
 
 def delete_jobs(jobs: QuerySet[Job]) -> None:

@@ -1,10 +1,19 @@
 """``meta["timeout"]``: stop a job that runs longer than it may.
 
-The limit is a ``SIGALRM`` timer, so it interrupts Python code wherever it is
-(a sleep, a loop, a slow HTTP call) and the job fails like any other: its
-savepoint rolls back, an ``Error`` is recorded, it is retried. Signals only
-reach the main thread, so a job run from another thread (``job.execute()`` in
-a threaded server) runs without a limit.
+A watchdog thread waits out the limit, then sends the main thread
+:data:`TIMEOUT_SIGNAL`, whose handler raises ``JobTimeout``. A signal
+interrupts Python code wherever it is (a sleep, a loop, a slow HTTP call, a
+PostgreSQL query, which psycopg then cancels) and the job fails like any
+other: its savepoint rolls back, an ``Error`` is recorded, it is retried.
+
+Not ``SIGALRM``: that belongs to the job. A job may install its own
+``SIGALRM`` handler, or call ``signal.alarm()`` or ``setitimer()``, which
+share one timer per process; the limit neither uses nor disturbs them. It
+holds unless the job itself takes :data:`TIMEOUT_SIGNAL` (installs a handler
+for it, blocks it with ``pthread_sigmask``), which nothing does by accident.
+
+Signals only reach the main thread's handlers, so a job run from another
+thread (``job.execute()`` in a threaded server) runs without a limit.
 """
 
 from __future__ import annotations
@@ -13,6 +22,15 @@ import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+
+#: What the watchdog sends the main thread when a job's time is up: a
+#: real-time signal (on Linux, ``SIGRTMAX - 2``), which no library sends by
+#: accident; where there is none, ``SIGVTALRM``.
+TIMEOUT_SIGNAL: int | None = (
+    signal.SIGRTMAX - 2
+    if hasattr(signal, "SIGRTMAX")
+    else getattr(signal, "SIGVTALRM", None)
+)
 
 
 class JobTimeout(KeyboardInterrupt):
@@ -25,8 +43,11 @@ class JobTimeout(KeyboardInterrupt):
 
 
 def can_time_out() -> bool:
-    return hasattr(signal, "setitimer") and (
-        threading.current_thread() is threading.main_thread()
+    return (
+        TIMEOUT_SIGNAL is not None
+        and hasattr(signal, "pthread_kill")
+        and hasattr(signal, "sigwait")
+        and threading.current_thread() is threading.main_thread()
     )
 
 
@@ -36,14 +57,47 @@ def time_limit(seconds: float | None) -> Iterator[None]:
     if seconds is None or not can_time_out():
         yield
         return
+    assert TIMEOUT_SIGNAL is not None
+    main = threading.main_thread().ident
+    assert main is not None
+    # The signal is only sent under ``lock`` while ``armed``: once the block
+    # has disarmed it, none is sent, and one sent before but not yet handled
+    # is drained before the previous handler is put back (SIG_DFL would end
+    # the process).
+    lock, armed = threading.Lock(), [True]
 
     def expire(signum: int, frame: object) -> None:
-        raise JobTimeout(f"the job ran longer than its timeout of {seconds}s")
+        if armed[0]:
+            armed[0] = False
+            raise JobTimeout(f"the job ran longer than its timeout of {seconds}s")
 
-    previous = signal.signal(signal.SIGALRM, expire)
-    signal.setitimer(signal.ITIMER_REAL, seconds)
+    def fire() -> None:
+        with lock:
+            if armed[0]:
+                signal.pthread_kill(main, TIMEOUT_SIGNAL)
+
+    previous = signal.signal(TIMEOUT_SIGNAL, expire)
+    watchdog = threading.Timer(seconds, fire)
+    watchdog.daemon = True
+    watchdog.start()
     try:
         yield
     finally:
-        signal.setitimer(signal.ITIMER_REAL, 0)
-        signal.signal(signal.SIGALRM, previous)
+        try:
+            with lock:
+                armed[0] = False
+        finally:
+            watchdog.cancel()
+            watchdog.join()
+            _restore(TIMEOUT_SIGNAL, previous)
+
+
+def _restore(signum: int, previous: object) -> None:
+    """Put ``previous`` back as the handler of ``signum``, none left pending."""
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signum})
+    try:
+        if signum in signal.sigpending():
+            signal.sigwait({signum})
+        signal.signal(signum, previous)  # type: ignore[arg-type]
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)

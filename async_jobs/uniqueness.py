@@ -6,12 +6,20 @@ its function and a key the caller gives). A partial unique index allows one
 once can't both insert it: on PostgreSQL the second insert waits for the first
 transaction, then fails, and ``schedule()`` returns the row that won. No
 check-then-insert race.
+
+The row that won may finish between the refused insert and the look for it
+(workers run the job as fast as it is scheduled): then the insert is tried
+again, as often as that keeps happening, up to :data:`_INSERT_TRIES` times;
+each retry means a twin finished meanwhile, so the queue moved on. After that
+many, :class:`UniqueJobContention` says so; never an ``IntegrityError``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import random
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -24,7 +32,20 @@ from async_jobs.models import Job
 from async_jobs.validation import check_arguments
 
 #: How often an insert that lost to a twin which then finished is tried again.
-_INSERT_TRIES = 3
+_INSERT_TRIES = 100
+#: The longest pause (seconds) between two tries, so racing callers fall apart.
+_MAX_PAUSE = 0.02
+
+
+class UniqueJobContention(RuntimeError):
+    """A unique ``schedule()`` kept losing to twins that finished at once.
+
+    Each of its tries found a pending twin, which had finished by the time it
+    looked for it. Not an ``IntegrityError``: nothing is wrong with the data;
+    the caller may simply try again.
+    """
+
+
 #: deschedule() passes: each one sees occurrences added by runs it waited for.
 _DESCHEDULE_PASSES = 10
 
@@ -57,7 +78,7 @@ def save_or_find_twin(job: Job, using: str) -> Job:
     if job.unique_key is None:
         insert_job(job, using)
         return job
-    for _ in range(_INSERT_TRIES):
+    for attempt in range(_INSERT_TRIES):
         try:
             with transaction.atomic(using=using):
                 insert_job(job, using)
@@ -71,11 +92,20 @@ def save_or_find_twin(job: Job, using: str) -> Job:
             )
             if twin is not None:
                 return twin
+            if not _a_twin_finished(job, using):
+                raise  # refused by something other than a pending twin
             # The twin finished between our insert and our look: try again.
-    raise IntegrityError(
-        f"Could not schedule unique job {job.name}: its pending twin kept "
-        "changing. Try again."
+            time.sleep(random.uniform(0, min(_MAX_PAUSE, 0.001 * 2**attempt)))
+    raise UniqueJobContention(
+        f"Could not schedule unique job {job.name}: {_INSERT_TRIES} times in a "
+        "row a pending twin refused its insert, then finished before it could "
+        "be returned (workers run it as fast as it is scheduled). Try again."
     )
+
+
+def _a_twin_finished(job: Job, using: str) -> bool:
+    """Whether a job with this unique key exists (so it refused the insert)."""
+    return Job.objects.using(using).filter(unique_key=job.unique_key).exists()
 
 
 def deschedule(

@@ -359,3 +359,20 @@ def depth_of(value) -> int:
 def nesting(*args, **kwargs) -> dict:
     """The depth of the arguments as received, ``args`` and ``kwargs`` each."""
     return {"args": depth_of(list(args)), "kwargs": depth_of(kwargs)}
+
+
+def take_sigalrm_then_sleep(label: str, seconds: float) -> str:
+    """Write, take SIGALRM for itself (a handler that ignores it, the process's
+    one interval timer cleared), then sleep: a job's own use of SIGALRM."""
+    import signal
+
+    Mark.objects.create(label=label)
+    signal.signal(signal.SIGALRM, lambda signum, frame: None)
+    signal.setitimer(signal.ITIMER_REAL, 0)
+    signal.alarm(0)
+    signal.setitimer(signal.ITIMER_REAL, 0.05, 0.05)  # its own alarm, ignored
+    try:
+        time.sleep(seconds)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)  # its own, cleared however it ends
+    return label

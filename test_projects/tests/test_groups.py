@@ -1,10 +1,12 @@
 """Groups: a completion job runs once, after every job of its group finished."""
 
 import re
+import threading
+import time
 from datetime import UTC, timedelta
 
 import pytest
-from django.db import transaction
+from django.db import connection, transaction
 from django.test import override_settings
 from django.utils import timezone
 from shop.models import Mark
@@ -12,7 +14,7 @@ from shop.models import Mark
 from async_jobs import Group, Job, deschedule, schedule
 from async_jobs.models import HELD, GroupProgress
 
-from .conftest import manage
+from .conftest import finish, jobs_run, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -242,3 +244,80 @@ def test_groups_work_without_time_zone_support(flush_queue):
     job.group.refresh_from_db()
     assert done.status == Job.Status.SUCCEEDED
     assert timezone.is_naive(job.group.finished)
+
+
+def _wait_for_lock_wait(backend: int, timeout: float = 20) -> bool:
+    """From a connection of its own: until backend ``backend`` waits for a lock."""
+    from django.db import connections
+
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            with connections["default"].cursor() as cursor:
+                cursor.execute(
+                    "SELECT wait_event_type FROM pg_stat_activity WHERE pid = %s",
+                    [backend],
+                )
+                row = cursor.fetchone()
+            if row and row[0] == "Lock":
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        connections.close_all()
+
+
+@pytest.mark.processes
+def test_cancel_after_scheduling_into_the_group_waits_for_a_running_member_without_deadlock(
+    on_postgres, start_manage, tmp_path
+):
+    """The canceller holds the group's lock (its own schedule()); the worker
+    finishing the member it waits for needs that group's verdict. Before
+    issue 14 PostgreSQL found a deadlock and the worker was its victim: the
+    member ended ``cancelled`` although its code ran to the end."""
+    if not on_postgres:
+        pytest.skip("SQLite lets one writer in at a time: the two can't overlap")
+    started, release = tmp_path / "started", tmp_path / "release"
+    done = schedule("shop.tasks.record", args=["done"], meta={"completes": "G"})
+    running = schedule(
+        "shop.tasks.write_then_hold",
+        args=["running", str(started), str(release)],
+        meta={"group": "G"},
+    )
+    worker = start_manage("flush_queue")
+    wait_until(started.exists, "the member to run", process=worker)
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (me,) = cursor.fetchone()
+    waiting = []
+    releaser = threading.Thread(
+        target=lambda: (waiting.append(_wait_for_lock_wait(me)), release.touch())
+    )
+    with transaction.atomic():
+        added = schedule("shop.tasks.record", args=["added"], meta={"group": "G"})
+        releaser.start()
+        try:
+            # Waits for the worker (its row lock), which finishes the member
+            # while this transaction still holds the group's lock.
+            with pytest.raises(ValueError, match="is succeeded; only a pending"):
+                running.cancel()
+        finally:
+            releaser.join(timeout=30)
+    assert waiting == [True]  # the cancel did wait for the running member
+
+    code, out, err = finish(worker)
+    assert code == 0, err
+    assert "deadlock" not in err
+    assert jobs_run(out) == 3  # the member, the job added, the completion job
+    running.refresh_from_db()
+    assert (running.status, running.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert not running.errors.exists()
+    # The worker went on: the member added, then the completion job, last.
+    done.refresh_from_db()
+    added.refresh_from_db()
+    group = Group.objects.get()
+    assert added.status == Job.Status.SUCCEEDED
+    assert done.status == Job.Status.SUCCEEDED and group.finished is not None
+    assert done.started >= added.finished
+    assert marks() == ["running", "added", "done"]

@@ -57,6 +57,28 @@ def test_a_job_over_its_timeout_is_stopped_rolled_back_and_retried(run_manage):
     assert list(job.errors.values_list("attempt", flat=True)) == [1, 2]
 
 
+def test_the_timeout_holds_when_the_job_takes_sigalrm_for_itself(start_manage):
+    """The job installs its own SIGALRM handler and clears and re-arms the
+    process's alarm timer: the limit, which doesn't use SIGALRM, still stops
+    it. Before issue 14 it slept its 60 seconds out."""
+    job = schedule(
+        "shop.tasks.take_sigalrm_then_sleep",
+        args=["own alarm", 60],
+        meta={"timeout": 0.5, "max_attempts": 1},
+    )
+    schedule("shop.tasks.record", args=["after"])
+
+    # Bounded well below the job's 60 s sleep: it must be stopped.
+    code, out, err = finish(start_manage("flush_queue"), timeout=30)
+
+    assert code == 0, err
+    assert out.strip().endswith("1 succeeded, 0 to retry, 1 failed.")
+    assert list(Mark.objects.values_list("label", flat=True)) == ["after"]
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Job.Status.FAILED, 1)
+    assert job.errors.get().exception == f"{TIMEOUT_ERROR} of 0.5s"
+
+
 def test_a_timeout_cancels_a_running_query_and_the_worker_goes_on(
     run_manage, on_postgres, tmp_path
 ):

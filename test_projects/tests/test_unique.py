@@ -1,5 +1,7 @@
 """Unique jobs and deschedule(): one pending job per identity, race-free."""
 
+import json
+import signal
 import threading
 import time
 from pathlib import Path
@@ -10,7 +12,7 @@ from shop import tasks
 
 from async_jobs import Job, deschedule, schedule
 
-from .conftest import manage, wait_until
+from .conftest import finish, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -220,3 +222,52 @@ def test_deschedule_waits_for_a_running_occurrence_and_cancels_its_successor(
     assert running.status == Job.Status.SUCCEEDED
     successor = Job.objects.exclude(pk=running.pk).get()
     assert successor.status == Job.Status.CANCELLED
+
+
+#: A process's loop of unique schedule() calls; prints what it got, as JSON.
+SCHEDULER = """
+import collections, json
+from async_jobs import schedule
+errors, jobs = collections.Counter(), set()
+for _ in range({calls}):
+    try:
+        jobs.add(schedule("shop.tasks.noop", meta={{"unique": True}}).pk)
+    except Exception as exc:
+        errors[f"{{type(exc).__module__}}.{{type(exc).__name__}}: {{exc}}"] += 1
+print(json.dumps({{"errors": errors, "jobs": sorted(jobs)}}))
+"""
+
+
+@pytest.mark.processes
+def test_concurrent_unique_schedules_beside_running_workers_always_get_a_job(
+    on_postgres, start_manage
+):
+    """3 processes schedule the same unique call 300 times each while 2
+    workers run it as fast as it comes: every call gets a job (its own or
+    its pending twin), never an error. Before issue 14 one call in about
+    2,000 raised ``IntegrityError: ... its pending twin kept changing``."""
+    if not on_postgres:
+        pytest.skip("SQLite lets one writer in at a time: no twin can change")
+    workers = [start_manage("flush_queue", "--loop") for _ in range(2)]
+    schedulers = [
+        start_manage("shell", "-c", SCHEDULER.format(calls=300)) for _ in range(3)
+    ]
+    reports = []
+    for scheduler in schedulers:
+        code, out, err = finish(scheduler, timeout=180)
+        assert code == 0, err
+        reports.append(json.loads(out.strip().splitlines()[-1]))
+    for worker in workers:
+        worker.send_signal(signal.SIGTERM)
+        code, _, err = finish(worker, timeout=60)
+        assert code == 0, err
+
+    assert [report["errors"] for report in reports] == [{}, {}, {}]
+    returned = {pk for report in reports for pk in report["jobs"]}
+    jobs = Job.objects.filter(name="shop.tasks.noop")
+    assert returned == set(jobs.values_list("pk", flat=True))
+    assert jobs.filter(status=Job.Status.PENDING).count() <= 1
+    assert not jobs.exclude(status__in=[Job.Status.PENDING, Job.Status.SUCCEEDED])
+    # The race under test happened: the workers ran the job over and over
+    # while the three processes were scheduling it.
+    assert jobs.filter(status=Job.Status.SUCCEEDED).count() >= 10
