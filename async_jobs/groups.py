@@ -106,7 +106,7 @@ def _close_finished(group_ids: Iterable[int | None], using: str) -> None:
     Must run in the transaction that recorded those jobs' statuses. The
     groups are locked in a fixed order, so two workers can't deadlock on them.
     """
-    for group_id in sorted(set(group_ids) - {None}):
+    for group_id in sorted({pk for pk in group_ids if pk is not None}):
         group = Group.objects.using(using).select_for_update().get(pk=group_id)
         _close_if_finished(group, using)
 

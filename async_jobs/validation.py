@@ -13,18 +13,24 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import models
 from django.utils import timezone
 
 from async_jobs.conf import JobsSettings, is_int, is_number
 from async_jobs.cron import REPEAT_RULE, is_valid_cron
-from async_jobs.models import Job
+from async_jobs.models import Group, Job
 from async_jobs.serialization import check_json
 
+
+def _max_length(model: type[models.Model], name: str) -> int:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.CharField) and field.max_length is not None
+    return field.max_length
+
+
 #: The longest queue name and group reference: what their columns hold.
-QUEUE_MAX_LENGTH = Job._meta.get_field("queue").max_length
-REFERENCE_MAX_LENGTH = (
-    Job._meta.get_field("group").related_model._meta.get_field("reference").max_length
-)
+QUEUE_MAX_LENGTH = _max_length(Job, "queue")
+REFERENCE_MAX_LENGTH = _max_length(Group, "reference")  # Job.group's model
 
 META_KEYS = {
     "priority": "an int from -100 to 100, higher runs first (default 0)",
@@ -192,7 +198,7 @@ def check_repeat(value: object) -> int | float | str:
         seconds = value.total_seconds()
         value = int(seconds) if seconds.is_integer() else seconds
     if is_number(value) and value > 0:
-        return value  # type: ignore[return-value]
+        return value
     if isinstance(value, str) and value.strip():
         if is_valid_cron(value):
             return value
