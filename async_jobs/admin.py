@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
+from typing import cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -69,8 +70,9 @@ class RecentValuesFilter(admin.SimpleListFilter):
             values = recent_values(
                 model_admin.get_queryset(request), self.field, self.rows
             )
-        if self.value() is not None and self.value() not in values:
-            values.append(self.value())  # chosen from a link or an older row
+        chosen = self.value()
+        if chosen is not None and chosen not in values:
+            values.append(chosen)  # chosen from a link or an older row
         return [(value, value) for value in sorted(values)]
 
     def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
@@ -104,7 +106,7 @@ class ErrorInline(admin.StackedInline):
     extra = 0
     can_delete = False
     fields = ["attempt", "occurred", "exception", "traceback_display"]
-    readonly_fields = fields
+    readonly_fields = cast(list[str], fields)  # fields' type allows field groups
 
     @admin.display(description="traceback")
     def traceback_display(self, error: Error) -> str:

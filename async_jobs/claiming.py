@@ -16,6 +16,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
+from typing import cast
 from weakref import WeakKeyDictionary
 
 from django.db import connections, transaction
@@ -98,7 +99,7 @@ class _RowsToJobs:
         fields = Job._meta.concrete_fields
         quote = connection.ops.quote_name
         self.query = _CLAIM.format(
-            columns=", ".join(quote(field.column) for field in fields)
+            columns=", ".join(quote(cast(str, field.column)) for field in fields)
         )
         self.attnames = [field.attname for field in fields]
         self.converters = []

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from functools import cache
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, TypeGuard
 
 from django.apps import apps
 from django.conf import settings
@@ -31,7 +31,7 @@ PRUNE_AFTER_DEFAULTS: dict[str, timedelta | None] = {
 }
 
 
-def is_number(value: object) -> bool:
+def is_number(value: object) -> TypeGuard[int | float]:
     """A finite int or float, not a bool: what every "seconds" value must be."""
     return (
         isinstance(value, int | float)
@@ -40,7 +40,7 @@ def is_number(value: object) -> bool:
     )
 
 
-def is_int(value: object) -> bool:
+def is_int(value: object) -> TypeGuard[int]:
     return isinstance(value, int) and not isinstance(value, bool)
 
 

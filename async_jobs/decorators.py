@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, Protocol, TypeVar, cast, overload
 
 from async_jobs.allowlist import function_path
 from async_jobs.conf import jobs_settings
@@ -19,15 +19,34 @@ from async_jobs.validation import validate_meta
 if TYPE_CHECKING:
     from async_jobs.models import Job
 
-F = TypeVar("F", bound=Callable[..., Any])
+P = ParamSpec("P")
+R = TypeVar("R", covariant=True)
+
+
+class ScheduleCall(Protocol):
+    """``function.schedule``: ``schedule()`` of the function, with its ``meta``."""
+
+    meta: dict[str, Any]
+
+    def __call__(
+        self, *args: Any, run_after: datetime | timedelta | None = None, **kwargs: Any
+    ) -> Job: ...
+
+
+class JobFunction(Protocol[P, R]):
+    """A function ``@job`` decorated: called as before, with ``schedule`` added."""
+
+    schedule: ScheduleCall
+
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
 
 
 @overload
-def job(function: F, /) -> F: ...
+def job(function: Callable[P, R], /) -> JobFunction[P, R]: ...
 
 
 @overload
-def job(**meta: Any) -> Callable[[F], F]: ...
+def job(**meta: Any) -> Callable[[Callable[P, R]], JobFunction[P, R]]: ...
 
 
 def job(function: Callable[..., Any] | None = None, /, **meta: Any) -> Any:
@@ -43,7 +62,7 @@ def job(function: Callable[..., Any] | None = None, /, **meta: Any) -> Any:
         )
     validate_meta(meta, jobs_settings())
 
-    def decorate(function: F) -> F:
+    def decorate(function: Callable[P, R]) -> JobFunction[P, R]:
         function_path(function)  # a nested function or lambda fails here, early
 
         def schedule_call(
@@ -54,8 +73,10 @@ def job(function: Callable[..., Any] | None = None, /, **meta: Any) -> Any:
             )
 
         schedule_call.__doc__ = f"Schedule {function.__qualname__}() in a worker."
-        schedule_call.meta = meta
-        function.schedule = schedule_call
-        return function
+        # Attributes on function objects: the casts give them their types.
+        cast(ScheduleCall, schedule_call).meta = meta
+        decorated = cast("JobFunction[P, R]", function)
+        decorated.schedule = cast(ScheduleCall, schedule_call)
+        return decorated
 
     return decorate if function is None else decorate(function)

@@ -177,8 +177,11 @@ def run_claimed_jobs(
     _settle([o.job for o in outcomes if o.job.status != Job.Status.PENDING], using)
     for outcome in outcomes:
         # Robust: a faulty receiver is logged, and can't stop the worker's loop.
+        # (mypy can't infer a lambda whose argument has a default.)
         transaction.on_commit(
-            lambda outcome=outcome: _finished(outcome), using=using, robust=True
+            lambda outcome=outcome: _finished(outcome),  # type: ignore[misc]
+            using=using,
+            robust=True,
         )
     return outcomes
 

@@ -144,7 +144,7 @@ def _close_finished(group_ids: Iterable[int | None], using: str) -> None:
     waited for, but checked again once this transaction has committed.
     """
     taken = []
-    for group_id in sorted(set(group_ids) - {None}):
+    for group_id in sorted({pk for pk in group_ids if pk is not None}):
         group = (
             Group.objects.using(using)
             .select_for_update(skip_locked=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime
+from typing import cast
 
 from django.db import connections, transaction
 
@@ -40,7 +41,8 @@ def announce(jobs: list[Job], using: str) -> None:
     for job in jobs:
         transaction.on_commit(
             # A lambda, not a partial: Django logs a robust hook's __qualname__.
-            lambda job=job: job_scheduled.send(sender=Job, job=job),
+            # (mypy can't infer a lambda whose argument has a default.)
+            lambda job=job: job_scheduled.send(sender=Job, job=job),  # type: ignore[misc]
             using=using,
             robust=True,  # the job is committed: a receiver's error can't undo it
         )
@@ -53,9 +55,10 @@ def _insert_rows(jobs: list[Job], using: str) -> None:
         return
     quote = connection.ops.quote_name
     fields = [field for field in Job._meta.concrete_fields if not field.primary_key]
-    columns = ", ".join(quote(field.column) for field in fields)
+    columns = ", ".join(quote(cast(str, field.column)) for field in fields)
     types = ", ".join(
-        f"{quote(field.column)} {field.db_type(connection)}" for field in fields
+        f"{quote(cast(str, field.column))} {field.db_type(connection)}"
+        for field in fields
     )
     rows = [
         {field.column: getattr(job, field.attname) for field in fields} for job in jobs

@@ -14,11 +14,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
 from django.db import IntegrityError, connections, models, transaction
-from django.db.models import Count, Q
+from django.db.models import Count, Field, Q
 from django.utils import timezone
 
 from async_jobs import hooks
@@ -89,8 +89,8 @@ class JobQuerySet(models.QuerySet):
             return
         quote = connection.ops.quote_name
         table, pk = quote(Job._meta.db_table), quote(Job._meta.pk.column)
-        fields = [Job._meta.get_field(name) for name in _SUCCESS_FIELDS]
-        columns = [quote(field.column) for field in fields]
+        fields = [cast(Field, Job._meta.get_field(name)) for name in _SUCCESS_FIELDS]
+        columns = [quote(cast(str, field.column)) for field in fields]
         assignments = ", ".join(
             f"{column} = v.{column}::{field.db_type(connection)}"
             for column, field in zip(columns, fields, strict=True)
@@ -357,8 +357,10 @@ class Job(models.Model):
         """
         connection = connections[using]
         quote = connection.ops.quote_name
-        fields = [Job._meta.get_field(name) for name in _RECORDED_FIELDS]
-        assignments = ", ".join(f"{quote(field.column)} = %s" for field in fields)
+        fields = [cast(Field, Job._meta.get_field(name)) for name in _RECORDED_FIELDS]
+        assignments = ", ".join(
+            f"{quote(cast(str, field.column))} = %s" for field in fields
+        )
         values = [
             field.get_db_prep_save(getattr(self, field.attname), connection)
             for field in fields

@@ -26,12 +26,15 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakKeyDictionary
 
 from django.db import DatabaseError, OperationalError, connections, transaction
 
 from async_jobs.commit_hooks import live_hooks
+
+if TYPE_CHECKING:
+    import psycopg
 
 
 class Due(Protocol):
@@ -175,7 +178,7 @@ class Listener:
 
     def __init__(self, using: str) -> None:
         self.using = using
-        self.connection = None
+        self.connection: psycopg.Connection[Any] | None = None
 
     @property
     def connected(self) -> bool:
@@ -197,12 +200,14 @@ class Listener:
             raise OperationalError(f"Can't LISTEN on {self.using!r}: {exc}") from exc
 
     def fileno(self) -> int:
+        assert self.connection is not None, "not connected"
         return self.connection.fileno()
 
     def receive(self) -> list[Wakeup]:
         """The notifications that have arrived, without waiting for more."""
         import psycopg
 
+        assert self.connection is not None, "not connected"
         try:
             return [
                 Wakeup.from_payload(notify.payload)
@@ -215,6 +220,7 @@ class Listener:
         """Make sure the connection still works (a silent loss shows no data)."""
         import psycopg
 
+        assert self.connection is not None, "not connected"
         try:
             self.connection.execute("SELECT 1")
         except psycopg.Error as exc:

@@ -58,9 +58,9 @@ class Overview:
     def longest_wait(self) -> tuple[str, timedelta] | tuple[None, None]:
         """The queue whose oldest due job has waited longest, and how long."""
         waiting = [
-            (queue.queue, queue.oldest_due_age(self.now))
+            (queue.queue, age)
             for queue in self.queues
-            if queue.oldest_due is not None
+            if (age := queue.oldest_due_age(self.now)) is not None
         ]
         if not waiting:
             return None, None

@@ -11,9 +11,11 @@ an ``EXPLAIN`` and no scan; the page then says "about". Other databases count.
 from __future__ import annotations
 
 import json
+from typing import Any, cast
 
 from django.core.paginator import Paginator
 from django.db import connections
+from django.db.models import QuerySet
 from django.utils.functional import cached_property
 
 
@@ -34,7 +36,8 @@ class EstimatedCountPaginator(Paginator):
 
     @cached_property
     def count(self) -> int:
-        rows = self.object_list.order_by()
+        # Paginator types object_list as any sliceable; this one pages querysets.
+        rows = cast(QuerySet[Any], self.object_list).order_by()
         bounded = rows[: self.exact_limit + 1].count()
         if bounded <= self.exact_limit:
             return bounded

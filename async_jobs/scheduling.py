@@ -64,7 +64,8 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
     the caller's transaction exactly as ``schedule()``'s do. ``meta["unique"]``
     and ``meta["completes"]`` need ``schedule()``.
     """
-    jobs, resolved = [], set()
+    jobs: list[Job] = []
+    resolved: set[str] = set()
     for index, call in enumerate(calls):
         where = f"calls[{index}]"
         if not isinstance(call, Mapping):

@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.conf import settings
+from django.db import models
 from django.utils import timezone
 
 from async_jobs.conf import JobsSettings, is_int, is_number
@@ -27,16 +28,21 @@ from async_jobs.cron import (
     cron_after,
     is_valid_cron,
 )
-from async_jobs.models import Job
+from async_jobs.models import Group, Job
 from async_jobs.serialization import check_json
 from async_jobs.traceparent import RULE as TRACEPARENT_RULE
 from async_jobs.traceparent import is_traceparent
 
+
+def _max_length(model: type[models.Model], name: str) -> int:
+    field = model._meta.get_field(name)
+    assert isinstance(field, models.CharField) and field.max_length is not None
+    return field.max_length
+
+
 #: The longest queue name and group reference: what their columns hold.
-QUEUE_MAX_LENGTH = Job._meta.get_field("queue").max_length
-REFERENCE_MAX_LENGTH = (
-    Job._meta.get_field("group").related_model._meta.get_field("reference").max_length
-)
+QUEUE_MAX_LENGTH = _max_length(Job, "queue")
+REFERENCE_MAX_LENGTH = _max_length(Group, "reference")  # Job.group's model
 
 #: The last year a job's datetimes may fall in, in UTC. Python's datetimes end
 #: with year 9999: a later moment written to the database (9999-12-31 23:00
@@ -267,8 +273,8 @@ def check_repeat(value: object, *, stored: bool = False) -> int | float | str:
     if isinstance(value, timedelta):
         seconds = value.total_seconds()
         value = int(seconds) if seconds.is_integer() else seconds
-    if is_number(value) and REPEAT_MIN <= value <= REPEAT_MAX:  # type: ignore[operator]
-        return value  # type: ignore[return-value]
+    if is_number(value) and REPEAT_MIN <= value <= REPEAT_MAX:
+        return value
     if isinstance(value, str) and value.strip():
         if not is_valid_cron(value):
             raise ValueError(

@@ -207,6 +207,7 @@ class Worker:
                             self.using,
                             exc,
                         )
+                        assert listener is not None  # only a listener raises it
                         listener.close()
                     except Error as exc:
                         failures += 1
@@ -241,7 +242,11 @@ class Worker:
                 if listener is not None and now >= poll:
                     listener.check()  # a silently broken connection shows no data
                 return
-            if self._sleep(until - now, listener) and self._heed(listener.receive()):
+            if (
+                self._sleep(until - now, listener)
+                and listener is not None  # True from _sleep says so
+                and self._heed(listener.receive())
+            ):
                 return
 
     def _heed(self, wakeups: Iterable[Wakeup]) -> bool:
@@ -258,8 +263,11 @@ class Worker:
 
     def _sleep(self, seconds: float, listener: Listener | None = None) -> bool:
         """Sleep until a stop request, or data on the listener: True for the latter."""
+        assert self._waker is not None, "only inside _waking()"
         waker = self._waker[0]
-        watched = [waker] if listener is None else [waker, listener.fileno()]
+        watched: list[socket.socket | int] = (
+            [waker] if listener is None else [waker, listener.fileno()]
+        )
         readable, _, _ = select.select(watched, [], [], max(0.0, seconds))
         if waker in readable:
             with suppress(OSError):
@@ -316,7 +324,8 @@ def _say(line: str) -> None:
     which a buffered write would re-enter.
     """
     with suppress(AttributeError, OSError, ValueError):  # no usable stderr
-        os.write(sys.__stderr__.fileno(), f"{line}\n".encode())
+        if sys.__stderr__ is not None:
+            os.write(sys.__stderr__.fileno(), f"{line}\n".encode())
 
 
 @contextmanager

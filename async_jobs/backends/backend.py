@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Iterable
 from dataclasses import replace
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from django.apps import apps
 from django.conf import settings
@@ -41,6 +41,9 @@ from async_jobs.validation import validate_meta
 
 logger = logging.getLogger("async_jobs")
 
+# django-stubs declares TaskResultStatus's members as ``READY = ...``, so mypy
+# types Status.READY and the rest as EllipsisType: the ``type: ignore`` comments
+# on them below say so.
 Status = framework.TaskResultStatus
 
 #: The task status each outcome of an attempt leaves behind.
@@ -116,8 +119,9 @@ class JobsBackend(framework.BaseTaskBackend):
             run_after = timezone.make_naive(run_after)
         job = schedule(
             task.module_path,
-            args=framework.normalize_json(args),
-            kwargs=framework.normalize_json(kwargs),
+            # normalize_json turns a sequence into a list and a dict into a dict.
+            args=cast(list[Any], framework.normalize_json(args)),
+            kwargs=cast(dict[str, Any], framework.normalize_json(kwargs)),
             run_after=run_after,
             meta={
                 **self.job_meta,
@@ -126,7 +130,7 @@ class JobsBackend(framework.BaseTaskBackend):
                 "task_backend": self.alias,
             },
         )
-        result = task_result(job, self.alias, task=task, status=Status.READY, errors=[])
+        result = task_result(job, self.alias, task=task, status=Status.READY, errors=[])  # type: ignore[arg-type]
         # Unless the job committed already (autocommit), task_enqueued is sent
         # with this very result once it does.
         setattr(job, _ENQUEUED, (type(self), result))
@@ -145,7 +149,9 @@ class JobsBackend(framework.BaseTaskBackend):
             raise framework.TaskResultDoesNotExist(result_id)
         return task_result(job, self.alias)
 
-    def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:
+    # django-stubs says check() returns a list; Django's system check only
+    # iterates it (the django-tasks backport types it as an Iterable).
+    def check(self, **kwargs: Any) -> Iterable[checks.CheckMessage]:  # type: ignore[override]
         yield from super().check(**kwargs)
         configured = jobs_settings().queues
         missing = sorted(self.queues - set(configured or self.queues))
@@ -193,13 +199,13 @@ def job_errors(job: Job) -> list[framework.TaskError]:
 def job_status(job: Job) -> Status:
     """The task status of a job's row as it is now."""
     if job.status == Job.Status.SUCCEEDED:
-        return Status.SUCCESSFUL
+        return Status.SUCCESSFUL  # type: ignore[return-value]  # see Status
     if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
-        return Status.FAILED
+        return Status.FAILED  # type: ignore[return-value]  # see Status
     running = current_job()
     if (running is not None and running.pk == job.pk) or _locked_by_a_worker(job):
-        return Status.RUNNING
-    return Status.READY
+        return Status.RUNNING  # type: ignore[return-value]  # see Status
+    return Status.READY  # type: ignore[return-value]  # see Status
 
 
 def _locked_by_a_worker(job: Job) -> bool:
@@ -236,7 +242,7 @@ def task_result(
 ) -> framework.TaskResult:
     """A ``TaskResult`` built from a job; what isn't given is read for it."""
     log = job.attempt_log
-    result = framework.TaskResult(
+    result: framework.TaskResult = framework.TaskResult(
         task=task if task is not None else job_task(job, alias),
         id=None if job.pk is None else str(job.pk),
         status=status if status is not None else job_status(job),
@@ -265,7 +271,7 @@ def task_runner(job: Job, task: framework.Task) -> Callable[..., Any]:
     alias = job.meta.get("task_backend") or task.backend
 
     def run(*args: Any, **kwargs: Any) -> Any:
-        running = task_result(job, alias, status=Status.RUNNING)
+        running = task_result(job, alias, status=Status.RUNNING)  # type: ignore[arg-type]
         if "task_backend" in job.meta:
             framework.task_started.send(
                 sender=type(framework.task_backends[alias]), task_result=running
@@ -294,7 +300,7 @@ def _send_task_enqueued(sender: type[Job], job: Job, **kwargs: Any) -> None:
         # Committed at once, before enqueue() had its result to hand.
         alias = job.meta["task_backend"]
         backend_class = type(framework.task_backends[alias])
-        result = task_result(job, alias, status=Status.READY, errors=[])
+        result = task_result(job, alias, status=Status.READY, errors=[])  # type: ignore[arg-type]
     else:
         return
     framework.task_enqueued.send(sender=backend_class, task_result=result)
@@ -314,7 +320,7 @@ def _send_task_finished(
         return
     try:
         backend_class = type(framework.task_backends[alias])
-        result = task_result(job, alias, status=STATUS_AFTER[outcome.status])
+        result = task_result(job, alias, status=STATUS_AFTER[outcome.status])  # type: ignore[arg-type]
     except Exception:
         logger.exception("Job %s: could not build its task result", job.pk)
         return

@@ -9,12 +9,14 @@ other exception names. This module imports whichever is there, so the rest of
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 AVAILABLE = True
 UNAVAILABLE = ""
 
-try:
+if TYPE_CHECKING:
+    # mypy checks against django.tasks, which django-stubs types on every
+    # Django version; the backport below has the same API under these names.
     from django.tasks import (
         Task,
         TaskContext,
@@ -34,38 +36,59 @@ try:
     from django.utils.json import normalize_json
 
     SOURCE = "django.tasks"
-except ImportError as core_error:
+else:
     try:
-        from django_tasks import (
+        from django.tasks import (
+            Task,
             TaskContext,
             TaskResult,
             TaskResultStatus,
             task_backends,
         )
-        from django_tasks.backends.base import BaseTaskBackend
-        from django_tasks.base import Task, TaskError
-        from django_tasks.exceptions import (
-            InvalidTaskBackendError as InvalidTaskBackend,
-        )
-        from django_tasks.exceptions import InvalidTaskError as InvalidTask
-        from django_tasks.exceptions import (
+        from django.tasks.backends.base import BaseTaskBackend
+        from django.tasks.base import TaskError
+        from django.tasks.exceptions import (
+            InvalidTask,
+            InvalidTaskBackend,
             TaskResultDoesNotExist,
             TaskResultMismatch,
         )
-        from django_tasks.signals import task_enqueued, task_finished, task_started
-        from django_tasks.utils import normalize_json
+        from django.tasks.signals import task_enqueued, task_finished, task_started
+        from django.utils.json import normalize_json
 
-        SOURCE = "django_tasks"
-    except ImportError as backport_error:
-        AVAILABLE = False
-        SOURCE = ""
-        UNAVAILABLE = (
-            "async_jobs.backends.JobsBackend needs Django's tasks framework: "
-            "django.tasks (Django 6.0 or later) or, on Django 5.2, the "
-            "django-tasks backport (pip install 'django-async-jobs[tasks]' and "
-            "add 'django_tasks' to INSTALLED_APPS). Neither imports here "
-            f"({core_error}; {backport_error})."
-        )
+        SOURCE = "django.tasks"
+    except ImportError as core_error:
+        try:
+            from django_tasks import (
+                TaskContext,
+                TaskResult,
+                TaskResultStatus,
+                task_backends,
+            )
+            from django_tasks.backends.base import BaseTaskBackend
+            from django_tasks.base import Task, TaskError
+            from django_tasks.exceptions import (
+                InvalidTaskBackendError as InvalidTaskBackend,
+            )
+            from django_tasks.exceptions import InvalidTaskError as InvalidTask
+            from django_tasks.exceptions import (
+                TaskResultDoesNotExist,
+                TaskResultMismatch,
+            )
+            from django_tasks.signals import task_enqueued, task_finished, task_started
+            from django_tasks.utils import normalize_json
+
+            SOURCE = "django_tasks"
+        except ImportError as backport_error:
+            AVAILABLE = False
+            SOURCE = ""
+            UNAVAILABLE = (
+                "async_jobs.backends.JobsBackend needs Django's tasks framework: "
+                "django.tasks (Django 6.0 or later) or, on Django 5.2, the "
+                "django-tasks backport (pip install 'django-async-jobs[tasks]' and "
+                "add 'django_tasks' to INSTALLED_APPS). Neither imports here "
+                f"({core_error}; {backport_error})."
+            )
 
 #: The logger the framework's own signal receivers write to.
 LOGGER_NAME = "django_tasks" if SOURCE == "django_tasks" else "django.tasks"
@@ -94,6 +117,6 @@ __all__ = [
 ]
 
 
-def is_task(value: Any) -> bool:
+def is_task(value: Any) -> TypeGuard[Task]:
     """Whether ``value`` is a ``Task`` (what the ``@task`` decorator returns)."""
     return AVAILABLE and isinstance(value, Task)

@@ -21,6 +21,7 @@ def check_queue_names(queues: Sequence[str]) -> None:
     configured = jobs_settings().queues
     unknown = [name for name in queues if configured and name not in configured]
     if unknown:
+        assert configured  # without it, no name is unknown
         raise CommandError(
             f"Unknown queue(s) {', '.join(map(repr, unknown))}; "
             f"ASYNC_JOBS['QUEUES'] is {', '.join(map(repr, configured))}."
