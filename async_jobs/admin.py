@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Sequence
-from typing import cast
+from typing import Any, cast
 
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
@@ -498,7 +498,7 @@ class ErrorAdmin(admin.ModelAdmin):
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     actions = None
-    fields = ["job_link", "function", "attempt", "occurred", "exception", "trace"]
+    fields = ("job_link", "function", "attempt", "occurred", "exception", "trace")
     readonly_fields = fields
 
     class Media:
@@ -572,12 +572,20 @@ class ErrorAdmin(admin.ModelAdmin):
             f"async_jobs.{get_permission_codename('delete', Job._meta)}"
         )
 
-    def change_view(self, request: HttpRequest, object_id: str, **kwargs):
-        extra_context = {**(kwargs.pop("extra_context", None) or {})}
-        extra_context["show_delete"] = False
-        return super().change_view(
-            request, object_id, extra_context=extra_context, **kwargs
-        )
+    def change_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        form_url: str = "",
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
+        extra_context = {**(extra_context or {}), "show_delete": False}
+        return super().change_view(request, object_id, form_url, extra_context)
 
-    def delete_view(self, request: HttpRequest, object_id: str, **kwargs):
+    def delete_view(
+        self,
+        request: HttpRequest,
+        object_id: str,
+        extra_context: dict[str, Any] | None = None,
+    ) -> HttpResponse:
         raise PermissionDenied("An error is deleted with its job, not alone.")

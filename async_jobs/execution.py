@@ -294,7 +294,7 @@ def _check_transaction_kept(job: Job, using: str, exc: BaseException | None) -> 
             job_id=job.pk,
             attempt=job.attempts,
             worker=worker_id(),
-            started=job.started,
+            started=job.started or timezone.now(),
             reason=f"the job's transaction on database {using!r} was lost"
             + ("" if exc is None else f": {type(exc).__name__}: {exc}".rstrip(": ")),
         )

@@ -38,6 +38,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from async_jobs.conf import jobs_database, jobs_settings
+from async_jobs.execution import Outcome
 from async_jobs.models import Job
 from async_jobs.signals import job_finished, job_started
 
@@ -71,6 +72,7 @@ def _started(sender: type[Job], job: Job, **kwargs: object) -> None:
     # Inside the job's transaction, where a receiver that raises fails the
     # attempt: a metric must never do that.
     try:
+        assert job.started is not None  # set before job_started is sent
         waited = (job.started - job.run_after).total_seconds()
         WAIT_TIME.labels(job.queue).observe(max(0.0, waited))
     except Exception:
@@ -78,7 +80,7 @@ def _started(sender: type[Job], job: Job, **kwargs: object) -> None:
 
 
 @receiver(job_finished, dispatch_uid="async_jobs.metrics.finished")
-def _finished(sender: type[Job], job: Job, outcome: object, **kwargs: object) -> None:
+def _finished(sender: type[Job], job: Job, outcome: Outcome, **kwargs: object) -> None:
     # A receiver that raises would keep the ones after it from being called.
     try:
         ATTEMPTS.labels(job.queue, job.name, outcome.status).inc()
@@ -252,6 +254,7 @@ class MetricsServer(http.server.ThreadingHTTPServer):
     @property
     def url(self) -> str:
         host, port = self.server_address[:2]
+        host = host.decode() if isinstance(host, bytes) else str(host)
         host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{port}/metrics"
 

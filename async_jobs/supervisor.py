@@ -40,6 +40,7 @@ from datetime import datetime
 from typing import IO, Any
 
 from django.db import connections
+from django.utils import timezone
 
 from async_jobs.execution import LostAttempt, Outcome, WorkerDied, charge
 from async_jobs.models import Job
@@ -71,7 +72,7 @@ class ChildReport:
             attempt=job.attempts,
             of=job.max_attempts,
             worker=job.attempt_log[-1]["worker"],
-            started=job.started.isoformat(),
+            started=(job.started or timezone.now()).isoformat(),
         )
 
     def outcome(self, outcome: Outcome) -> None:

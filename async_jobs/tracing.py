@@ -17,14 +17,17 @@ import logging
 import threading
 import time
 import weakref
+from contextvars import Token
 from dataclasses import dataclass
 
 from django.dispatch import receiver
 from opentelemetry import context, trace
+from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from async_jobs import traceparent
+from async_jobs.execution import Outcome
 from async_jobs.models import Job
 from async_jobs.signals import job_finished, job_started
 
@@ -49,7 +52,7 @@ class _Attempt:
     span: trace.Span
     started_ns: int
     thread: int
-    token: object = None  # while this attempt's span is the current one
+    token: Token[Context] | None = None  # while its span is the current one
 
 
 #: Attempts started and not yet finished, by id() of their Job instance.
@@ -126,7 +129,7 @@ def _started(sender: type[Job], job: Job, **kwargs: object) -> None:
 
 
 @receiver(job_finished, dispatch_uid="async_jobs.tracing.finished")
-def _finished(sender: type[Job], job: Job, outcome: object, **kwargs: object) -> None:
+def _finished(sender: type[Job], job: Job, outcome: Outcome, **kwargs: object) -> None:
     attempt = _attempts.pop(id(job), None)
     if attempt is None:
         return  # started before tracing was plugged in, or its start failed
@@ -137,7 +140,7 @@ def _finished(sender: type[Job], job: Job, outcome: object, **kwargs: object) ->
         logger.exception("Could not end the span of job %s", job.pk)
 
 
-def _end(attempt: _Attempt, outcome: object) -> None:
+def _end(attempt: _Attempt, outcome: Outcome) -> None:
     _detach(attempt)
     span = attempt.span
     span.set_attribute("async_jobs.job.outcome", outcome.status)

@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
+from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
@@ -206,7 +207,7 @@ def check_storable(value: datetime, what: str) -> datetime:
     if timezone.is_naive(value):
         aware = value.replace(tzinfo=timezone.get_default_timezone())
     try:
-        year = aware.astimezone(UTC).year
+        year = aware.astimezone(dt_timezone.utc).year
     except OverflowError:  # before year 1 or after 9999 in UTC
         year = 0
     if not 1 <= year <= LATEST_YEAR:

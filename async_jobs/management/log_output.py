@@ -41,9 +41,9 @@ class StderrLines(logging.Handler):
                 )
             line = " ".join(line.splitlines())
             if exception is not None and self.verbosity >= 2:
-                line += "\n" + "".join(
-                    traceback.format_exception(*record.exc_info)
-                ).rstrip("\n")
+                line += "\n" + "".join(traceback.format_exception(exception)).rstrip(
+                    "\n"
+                )
             self.stderr.write(line)
             self.stderr.flush()
         except Exception:  # a handler must never raise into the worker

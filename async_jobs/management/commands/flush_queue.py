@@ -188,11 +188,13 @@ class Command(BaseCommand):
             # The child's worker goes on where the children before it left off.
             worker = make_worker(started)
             worker.on_attempt = report.attempt
-            worker.on_outcome = (
-                (lambda outcome: (report.outcome(outcome), self.report(outcome)))
-                if verbose
-                else report.outcome
-            )
+
+            def on_outcome(outcome: Outcome) -> None:
+                report.outcome(outcome)
+                if verbose:
+                    self.report(outcome)
+
+            worker.on_outcome = on_outcome
             worker.max_jobs = (
                 None
                 if worker.max_jobs is None
