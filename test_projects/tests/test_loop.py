@@ -317,3 +317,19 @@ def test_a_loop_worker_honours_conn_max_age_between_batches(
     code, _out, err = stop(worker)
     assert code == 0, err
     assert len(set(pids)) == connections_used, pids
+
+
+def test_a_loop_worker_starts_every_job_it_was_told_of_on_time(idle_worker):
+    # Polling is off for a minute: only the due times the NOTIFYs carried can
+    # start these. The worker once kept only the earliest, and forgot the
+    # second job once it had run the first.
+    soon = schedule("shop.tasks.record", args=["soon"], run_after=timedelta(seconds=2))
+    later = schedule(
+        "shop.tasks.record", args=["later"], run_after=timedelta(seconds=4)
+    )
+
+    wait_until(lambda: succeeded(later), "the later job", timeout=15)
+    assert succeeded(soon)
+    for job in (soon, later):
+        assert (job.started - job.run_after).total_seconds() < 1.5, job
+    assert stop(idle_worker)[0] == 0

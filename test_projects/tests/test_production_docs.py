@@ -43,6 +43,14 @@ def test_the_systemd_unit_runs_a_loop_worker_that_stops_gracefully():
     assert command[1:4] == ["manage.py", "flush_queue", "--loop"]
     assert Path(command[0]).is_absolute()
     assert unit["Service"]["KillSignal"] == "SIGTERM"  # finish the running job
+    # To flush_queue alone, which passes it on to its worker processes once.
+    assert unit["Service"]["KillMode"] == "mixed"
+    from async_jobs.management.commands.flush_queue import Command
+
+    options = (
+        Command().create_parser("manage.py", "flush_queue").parse_args(command[3:])
+    )
+    assert (options.loop, options.processes) == (True, 2)
     assert int(unit["Service"]["TimeoutStopSec"]) >= 60
     assert unit["Service"]["Restart"] == "always"
     assert unit["Install"]["WantedBy"] == "multi-user.target"
