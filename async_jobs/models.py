@@ -44,8 +44,12 @@ class JobQuerySet(models.QuerySet):
         """Pending jobs whose ``run_after`` has passed: what a worker runs next."""
         return self.pending().filter(run_after__lte=now or timezone.now())
 
+    def running(self) -> JobQuerySet:
+        """Non-atomic jobs a worker holds the lease of (or held, until rescued)."""
+        return self.filter(status=Job.Status.RUNNING)
+
     def finished(self) -> JobQuerySet:
-        return self.exclude(status=Job.Status.PENDING)
+        return self.filter(status__in=FINISHED)
 
     def in_queues(self, queues: Sequence[str]) -> JobQuerySet:
         """Jobs of these queues; of every queue when none is named."""
@@ -145,6 +149,8 @@ class Job(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending"
+        #: A non-atomic job while a worker holds its lease (``meta["atomic"]``).
+        RUNNING = "running"
         SUCCEEDED = "succeeded"
         FAILED = "failed"
         CANCELLED = "cancelled"
@@ -174,6 +180,26 @@ class Job(models.Model):
         ),
     )
     max_attempts = models.PositiveIntegerField(default=1)
+    # A non-atomic job's lease, while it is running: the worker that holds it,
+    # until when, and when that worker last renewed it.
+    worker = models.CharField(
+        max_length=255,
+        blank=True,
+        default="",
+        help_text="The worker (host:pid) running this non-atomic job.",
+    )
+    lease_expires = models.DateTimeField(
+        null=True,
+        blank=True,
+        help_text="A running non-atomic job is rescued once this has passed.",
+    )
+    heartbeat = models.DateTimeField(
+        null=True, blank=True, help_text="When its worker last renewed the lease."
+    )
+    cancel_requested = models.BooleanField(
+        default=False,
+        help_text="cancel() of a running non-atomic job: its worker stops it.",
+    )
     result = models.JSONField(null=True, blank=True)
     group = models.ForeignKey(
         "Group",
@@ -213,6 +239,12 @@ class Job(models.Model):
                 fields=["queue", "-priority", "run_after", "id"],
                 condition=Q(status="pending"),
                 name="async_jobs_job_claim_idx",
+            ),
+            # Serves the rescue of running non-atomic jobs whose lease expired.
+            models.Index(
+                fields=["lease_expires"],
+                condition=Q(status="running"),
+                name="async_jobs_job_lease_idx",
             ),
             # Serves pruning (finished jobs of a status, oldest first), the
             # failures of the last hour and the admin's status filter: finished
@@ -398,6 +430,9 @@ class Job(models.Model):
             self.run_after = now + retry_delay(self.attempts, jobs_settings())
         self.record(using)
 
+
+#: The statuses a job ends in.
+FINISHED = (Job.Status.SUCCEEDED, Job.Status.FAILED, Job.Status.CANCELLED)
 
 #: The statuses a job can be run again from.
 REQUEUABLE = (Job.Status.FAILED, Job.Status.CANCELLED)
