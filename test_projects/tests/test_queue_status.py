@@ -66,11 +66,23 @@ def test_overview_counts_per_queue_and_status(jobs):
 
     default, mail = overview.queues
     assert default.queue == "default"
-    assert default.counts == {"pending": 3, "succeeded": 1, "failed": 0, "cancelled": 1}
+    assert default.counts == {
+        "pending": 3,
+        "running": 0,
+        "succeeded": 1,
+        "failed": 0,
+        "cancelled": 1,
+    }
     assert default.due == 2
     assert default.oldest_due_age(overview.now) == timedelta(minutes=5)
     assert (default.failed_recently, default.errors_recently) == (0, 0)
-    assert mail.counts == {"pending": 1, "succeeded": 0, "failed": 2, "cancelled": 0}
+    assert mail.counts == {
+        "pending": 1,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 2,
+        "cancelled": 0,
+    }
     assert mail.due == 0 and mail.oldest_due is None
     assert (mail.failed_recently, mail.errors_recently) == (1, 2)
     assert overview.longest_wait() == ("default", timedelta(minutes=5))
@@ -80,9 +92,9 @@ def test_table_output(jobs):
     output = queue_status()
 
     assert output.splitlines() == [
-        "queue    pending  succeeded  failed  cancelled  due  oldest due  failed 1h  errors 1h",
-        "default        3          1       0          1    2      5m 00s          0          0",
-        "mail           1          0       2          0    0           -          1          2",
+        "queue    pending  running  succeeded  failed  cancelled  due  oldest due  failed 1h  errors 1h",
+        "default        3        0          1       0          1    2      5m 00s          0          0",
+        "mail           1        0          0       2          0    0           -          1          2",
     ]
 
 
@@ -95,6 +107,7 @@ def test_json_output(jobs):
     assert default == {
         "queue": "default",
         "pending": 3,
+        "running": 0,
         "succeeded": 1,
         "failed": 0,
         "cancelled": 1,
