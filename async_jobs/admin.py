@@ -324,9 +324,7 @@ class JobAdmin(admin.ModelAdmin):
             if job.lease_expires > now:
                 parts.append(f"lease {format_age(job.lease_expires - now)} left")
             else:
-                parts.append(
-                    f"lease expired {format_age(now - job.lease_expires)} ago"
-                )
+                parts.append(f"lease expired {format_age(now - job.lease_expires)} ago")
         return ", ".join(parts)
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
@@ -337,7 +335,7 @@ class JobAdmin(admin.ModelAdmin):
     ) -> Job | None:
         job = super().get_object(request, object_id, from_field)
         if job is not None and job.status == Job.Status.PENDING:
-            job.held = (  # type: ignore[attr-defined]  # shown by status_display
+            job.held = (  # shown by status_display
                 held(Job.objects.using(job._state.db).filter(pk=job.pk))
                 .values_list("held", flat=True)
                 .first()

@@ -17,8 +17,8 @@ from importlib.util import find_spec
 from typing import Any
 
 from django.conf import settings
-from django.db import connections
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
 
 from async_jobs.allowlist import default_allowed_modules
 from async_jobs.conf import check, jobs_database, problems
@@ -126,15 +126,18 @@ def check_sqlite_settings(
         return []  # check_settings reports it
     alias = jobs_database()
     connection = connections[alias]
-    if connection.vendor != "sqlite" or connection.is_in_memory_db():
+    if connection.vendor != "sqlite":
         return []
+    name = str(connection.settings_dict["NAME"])
+    if name == ":memory:" or "mode=memory" in name:
+        return []  # one connection's own database: no worker shares it
     options = connection.settings_dict["OPTIONS"]
     mode = str(options.get("transaction_mode") or "DEFERRED").upper()
     found = []
     if mode not in ("IMMEDIATE", "EXCLUSIVE"):
         found.append(
             "transactions begin DEFERRED (transaction_mode): a request transaction "
-            "that reads, then writes, fails at once with \"database is locked\" "
+            'that reads, then writes, fails at once with "database is locked" '
             "while a worker holds the write lock (SQLite refuses to upgrade a "
             "read to a write then, and the timeout doesn't apply)"
         )

@@ -516,9 +516,10 @@ def test_a_running_job_is_listed_with_its_worker_and_lease(admin_client):
     response = changelist(admin_client, status__exact="running")
     assert listed(response) == [lost.pk, running.pk]
     choices = [
-        choice["display"] for choice in response.context["cl"].filter_specs[0].choices(
-            response.context["cl"]
-        )
+        choice["display"]
+        for choice in response.context["cl"]
+        .filter_specs[0]
+        .choices(response.context["cl"])
     ]
     assert choices == ["All", "Pending", "Running", "Succeeded", "Failed", "Cancelled"]
     assert listed(changelist(admin_client, status__exact="pending")) == [pending.pk]
@@ -551,9 +552,7 @@ def test_an_atomic_job_a_worker_runs_is_shown_running(
     waiting = schedule("shop.tasks.noop", run_after=timedelta(hours=1))
     worker = start_manage("flush_queue", "--jobs", "1")
     try:
-        wait_until(
-            Path(f"{flag}.started").exists, "the job to start", process=worker
-        )
+        wait_until(Path(f"{flag}.started").exists, "the job to start", process=worker)
         running = changelist(admin_client, status__exact="running")
         pending = changelist(admin_client, status__exact="pending")
         page = admin_client.get(
@@ -565,7 +564,7 @@ def test_an_atomic_job_a_worker_runs_is_shown_running(
     assert finish(worker)[0] == 0
     assert listed(running) == [held.pk]
     assert listed(pending) == [waiting.pk]
-    assert "running <span class=\"async-jobs-note\">(atomic, in a worker" in page
+    assert 'running <span class="async-jobs-note">(atomic, in a worker' in page
     assert "a worker&#x27;s transaction" in everything
     held.refresh_from_db()
     assert held.status == Job.Status.SUCCEEDED  # nothing was written meanwhile

@@ -33,7 +33,9 @@ def test_djangos_default_deferred_transactions_are_warned_about(run_manage, tmp_
     code, err = check(run_manage, sqlite_settings(tmp_path, "{}"))
 
     assert code == 0, err  # a warning: nothing stops
-    assert f"?: ({WARNING}) DATABASES['default'], which holds the jobs, is SQLite" in err
+    assert (
+        f"?: ({WARNING}) DATABASES['default'], which holds the jobs, is SQLite" in err
+    )
     assert "transactions begin DEFERRED" in err
     assert 'fails at once with "database is locked"' in err
     assert '"transaction_mode": "IMMEDIATE"' in err
