@@ -305,9 +305,9 @@ class JobAdmin(admin.ModelAdmin):
             return format_html(
                 '{} <span class="async-jobs-note">(atomic, in a worker\'s '
                 "open transaction)</span>",
-                Job.Status.RUNNING,
+                Job.Status.RUNNING.label,
             )
-        return job.status
+        return job.get_status_display()
 
     @admin.display(description="worker")
     def worker_display(self, job: Job) -> str:

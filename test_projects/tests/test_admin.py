@@ -564,7 +564,7 @@ def test_an_atomic_job_a_worker_runs_is_shown_running(
     assert finish(worker)[0] == 0
     assert listed(running) == [held.pk]
     assert listed(pending) == [waiting.pk]
-    assert 'running <span class="async-jobs-note">(atomic, in a worker' in page
+    assert 'Running <span class="async-jobs-note">(atomic, in a worker' in page
     assert "a worker&#x27;s transaction" in everything
     held.refresh_from_db()
     assert held.status == Job.Status.SUCCEEDED  # nothing was written meanwhile
