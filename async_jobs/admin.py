@@ -305,7 +305,7 @@ class JobAdmin(admin.ModelAdmin):
             return format_html(
                 '{} <span class="async-jobs-note">(atomic, in a worker\'s '
                 "open transaction)</span>",
-                Job.Status.RUNNING.label,
+                Job.Status(Job.Status.RUNNING).label,
             )
         return job.get_status_display()
 
