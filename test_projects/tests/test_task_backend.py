@@ -255,6 +255,22 @@ def test_get_result_inside_the_running_task_says_running(flush_queue):
     assert result.return_value == Status.RUNNING
 
 
+def test_a_running_non_atomic_job_is_a_running_task(backend):
+    result = tasks.record.enqueue("long")
+    Job.objects.filter(pk=result.id).update(
+        status=Job.Status.RUNNING,
+        worker="web1:4242",
+        started=timezone.now(),
+        lease_expires=timezone.now() + timedelta(seconds=60),
+        heartbeat=timezone.now(),
+        attempts=1,
+    )
+
+    assert backend.get_result(result.id).status == Status.RUNNING
+    result.refresh()
+    assert result.status == Status.RUNNING
+
+
 def test_priority_and_queue_map_to_the_job_and_order_the_run(flush_queue):
     tasks.record.using(priority=-5).enqueue("low")
     tasks.record.enqueue("middle")
