@@ -20,8 +20,11 @@ class AsyncJobsConfig(AppConfig):
         from async_jobs.recurrence import schedule_next_occurrences
 
         # A series goes on before its group is looked at: the order of old.
-        hooks.on_settled(schedule_next_occurrences)
-        hooks.on_settled(close_finished_groups)
+        hooks.on_settled(
+            schedule_next_occurrences,
+            lambda job: isinstance(job.meta, dict) and "repeat" in job.meta,
+        )
+        hooks.on_settled(close_finished_groups, lambda job: job.group_id is not None)
         hooks.set_executor(execute_now)
         # Django's tasks framework, where installed: jobs may name its Tasks,
         # and the checks of the TASKS backends (JobsBackend's too) run.

@@ -67,7 +67,7 @@ class JobQuerySet(models.QuerySet):
             jobs = list(
                 self.pending()
                 .select_for_update()
-                .only("pk", "status", "group_id")
+                .only("pk", "status", "group_id", "meta")
                 .order_by("pk")
             )
             if jobs:
