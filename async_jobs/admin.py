@@ -26,6 +26,7 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db import connections, transaction
 from django.db.models import (
     BooleanField,
@@ -43,6 +44,7 @@ from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
 from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
@@ -52,7 +54,46 @@ from async_jobs.durations import format_age
 from async_jobs.groups import delete_jobs
 from async_jobs.models import REQUEUABLE, Error, Job
 from async_jobs.overview import held_by_a_worker, hourly_outcomes, queue_overview
-from async_jobs.pagination import EstimatedCountPaginator
+
+
+def planner_estimate(queryset) -> int | None:
+    """PostgreSQL's estimate of the rows ``queryset`` returns, or None."""
+    if connections[queryset.db].vendor != "postgresql":
+        return None
+    plan = json.loads(queryset.order_by().explain(format="json"))
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+class EstimatedCountPaginator(Paginator):
+    """A paginator for tables of millions of rows: no ``COUNT(*)`` over all of them.
+
+    Django's paginator counts every matching row to number the pages, on every
+    page view of the changelist; with a million jobs that is the slowest part
+    of the page. This one counts exactly only up to ``exact_limit`` rows
+    (``SELECT COUNT(*) FROM (SELECT … LIMIT n)``, which stops early). Past
+    that, on PostgreSQL, it takes the planner's estimate of the row count,
+    which costs an ``EXPLAIN`` and no scan; the page then says "about".
+    """
+
+    #: Up to this many rows the count is exact.
+    exact_limit = 10_000
+
+    #: True once ``count`` is an estimate rather than a count.
+    estimated = False
+
+    @cached_property
+    def count(self) -> int:
+        # Paginator types object_list as any sliceable; this one pages querysets.
+        rows = cast(QuerySet[Any], self.object_list).order_by()
+        bounded = rows[: self.exact_limit + 1].count()
+        if bounded <= self.exact_limit:
+            return bounded
+        estimate = planner_estimate(rows)
+        if estimate is None:
+            return rows.count()
+        self.estimated = True
+        return max(estimate, bounded)
+
 
 #: At most this many refused job ids are named in an action's message.
 NAMED_IDS = 10

@@ -16,8 +16,7 @@ from django.utils import timezone
 from shop.models import Mark
 
 from async_jobs import Error, Job, schedule
-from async_jobs.admin import NameFilter, QueueFilter
-from async_jobs.pagination import EstimatedCountPaginator
+from async_jobs.admin import EstimatedCountPaginator, NameFilter, QueueFilter
 
 from .conftest import finish, wait_until
 
