@@ -18,7 +18,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
-from django.db import connections
+from django.db import DatabaseError, connections
 
 from async_jobs.allowlist import default_allowed_modules
 from async_jobs.conf import check, jobs_database, problems
@@ -103,16 +103,19 @@ def _journal_mode(alias: str, databases: Any) -> str | None:
     """The database's journal mode: asked when the check may use the
     database, else read from ``init_command``; ``None`` if unknown."""
     if databases and alias in databases:
-        with connections[alias].cursor() as cursor:
-            cursor.execute("PRAGMA journal_mode")
-            return str(cursor.fetchone()[0]).lower()
+        try:
+            with connections[alias].cursor() as cursor:
+                cursor.execute("PRAGMA journal_mode")
+                return str(cursor.fetchone()[0]).lower()
+        except DatabaseError:
+            pass  # a database that can't be opened has its own message
     init_command = connections[alias].settings_dict["OPTIONS"].get("init_command")
     if init_command and _SETS_WAL.search(init_command):
         return "wal"
     return None
 
 
-@register(Tags.database)
+@register(Tags.compatibility)
 def check_sqlite_settings(
     app_configs: Any = None, databases: Any = None, **kwargs: Any
 ) -> list[CheckMessage]:
