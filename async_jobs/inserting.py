@@ -39,6 +39,7 @@ from typing import Any, cast
 
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.backends.utils import CursorWrapper
 from django.db.models.signals import post_save, pre_save
 
 from async_jobs.models import Job
@@ -77,7 +78,7 @@ def announce(jobs: list[Job], using: str) -> None:
             if send is not None:
                 send()
         finally:
-            for job in jobs:
+            for job in jobs if job_scheduled.has_listeners(Job) else ():
                 try:
                     job_scheduled.send(sender=Job, job=job)
                 except Exception as exc:
@@ -94,24 +95,33 @@ def announce(jobs: list[Job], using: str) -> None:
 
 def _insert_row(job: Job, using: str) -> None:
     """``job.save(force_insert=True)``'s INSERT, built once, values bound apart."""
-    import psycopg
-
     connection = connections[using]
     sql, fields = _row_insert(connection.alias)
     values = [prepare(field.pre_save(job, True)) for field, prepare in fields]
-    connection.ensure_connection()
-    connection.validate_thread_sharing()
-    raw = psycopg.Cursor(connection.connection)  # server-side binding
-    cursor = (
-        connection.make_debug_cursor(raw)
-        if connection.queries_logged
-        else connection.make_cursor(raw)
-    )
-    with cursor:
+    with _server_binding_cursor(connection) as cursor:
         cursor.execute(sql, values)
         job.pk = cursor.fetchone()[0]
     job._state.adding = False
     job._state.db = using
+
+
+def _server_binding_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
+    """Django's cursor wrapper (``execute_wrapper()``, query logging, errors
+    turned into Django's) around a psycopg cursor that sends the values apart
+    from the statement, as Django's own does with ``server_side_binding``.
+
+    Prepared only if the project turns psycopg's prepared statements on
+    (``OPTIONS["prepare_threshold"]``; Django turns them off): else an
+    unnamed statement, which PgBouncer's transaction pooling allows.
+    """
+    import psycopg
+
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    raw = psycopg.Cursor(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(raw)
+    return connection.make_cursor(raw)
 
 
 @cache
@@ -162,9 +172,27 @@ def _as_it_is(value: Any) -> Any:
 
 def _insert_rows(jobs: list[Job], using: str) -> None:
     connection = connections[using]
-    if connection.vendor != "postgresql":
+    if not listens(using):  # not PostgreSQL with psycopg 3
         Job.objects.using(using).bulk_create(jobs)
         return
+    sql, columns = _rows_insert(connection.alias)
+    rows = [
+        {column: getattr(job, attname) for column, attname in columns} for job in jobs
+    ]
+    with _server_binding_cursor(connection) as cursor:
+        cursor.execute(sql, [json.dumps(rows, default=_isoformat)])
+        # Rows come back in the order inserted, as bulk_create() relies on too.
+        for job, (pk,) in zip(jobs, cursor.fetchall(), strict=True):
+            job.pk = pk
+            job._state.adding = False
+            job._state.db = using
+
+
+@cache
+def _rows_insert(alias: str) -> tuple[str, list[tuple[str, str]]]:
+    """The INSERT of many job rows from one JSON document, and which attribute
+    of a job each column's value is."""
+    connection = connections[alias]
     quote = connection.ops.quote_name
     fields = [field for field in Job._meta.concrete_fields if not field.primary_key]
     columns = ", ".join(quote(cast(str, field.column)) for field in fields)
@@ -172,21 +200,12 @@ def _insert_rows(jobs: list[Job], using: str) -> None:
         f"{quote(cast(str, field.column))} {field.db_type(connection)}"
         for field in fields
     )
-    rows = [
-        {field.column: getattr(job, field.attname) for field in fields} for job in jobs
-    ]
-    with connection.cursor() as cursor:
-        cursor.execute(
-            f"INSERT INTO {quote(Job._meta.db_table)} ({columns}) "
-            f"SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) AS rows({types}) "
-            f"RETURNING {quote(Job._meta.pk.column)}",
-            [json.dumps(rows, default=_isoformat)],
-        )
-        # Rows come back in the order inserted, as bulk_create() relies on too.
-        for job, (pk,) in zip(jobs, cursor.fetchall(), strict=True):
-            job.pk = pk
-            job._state.adding = False
-            job._state.db = using
+    sql = (
+        f"INSERT INTO {quote(Job._meta.db_table)} ({columns}) "
+        f"SELECT {columns} FROM jsonb_to_recordset(%s::jsonb) AS rows({types}) "
+        f"RETURNING {quote(Job._meta.pk.column)}"
+    )
+    return sql, [(cast(str, field.column), field.attname) for field in fields]
 
 
 def _isoformat(value: object) -> str:
