@@ -118,7 +118,8 @@ def _server_binding_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
 
     connection.ensure_connection()
     connection.validate_thread_sharing()
-    raw = psycopg.Cursor(connection.connection)
+    # django-stubs types make_cursor()'s argument as the wrapper it returns.
+    raw = cast(Any, psycopg.Cursor(connection.connection))
     if connection.queries_logged:
         return connection.make_debug_cursor(raw)
     return connection.make_cursor(raw)

@@ -142,8 +142,8 @@ def _new_job(**values: Any) -> Job:
     ``Model.__init__()`` goes through every field for the values it was given
     (and sends ``pre_init`` and ``post_init``): a third of ``schedule_many()``'s
     time. Here the defaults of the fields not given are set as it sets them,
-    the way ``Model.from_db()``'s instances are built, unless ``pre_init`` or
-    ``post_init`` has a receiver for ``Job``: then ``Job(**values)``.
+    unless ``pre_init`` or ``post_init`` has a receiver for ``Job``: then
+    ``Job(**values)``, which sends them.
     """
     if pre_init.has_listeners(Job) or post_init.has_listeners(Job):
         return Job(**values)

@@ -446,3 +446,33 @@ def test_the_models_save_signals_fire_when_they_have_receivers():
         pre_save.disconnect(pre, sender=Job)
         post_save.disconnect(post, sender=Job)
     assert sent == [("pre_save", None), ("post_save", job.pk, True)]
+
+
+def test_a_built_job_is_the_one_job_init_makes():
+    from django.db.models.signals import pre_init
+
+    from async_jobs.scheduling import build_job
+
+    def fields(job):
+        return {
+            field.attname: getattr(job, field.attname)
+            for field in Job._meta.concrete_fields
+            if field.attname not in ("created", "run_after")
+        }
+
+    fast = build_job("shop.tasks.echo", args=[1], meta={"queue": "q"})
+    seen = []
+
+    def receiver(sender, **kwargs):
+        seen.append(sender)
+
+    pre_init.connect(receiver, sender=Job)
+    try:
+        slow = build_job("shop.tasks.echo", args=[1], meta={"queue": "q"})
+    finally:
+        pre_init.disconnect(receiver, sender=Job)
+    assert seen == [Job]  # Job.__init__() ran, and sent it
+    assert fields(fast) == fields(slow)
+    assert fast._state.adding and fast._state.db is None
+    assert fast.args is not build_job("shop.tasks.noop").args  # not shared
+    assert fast.attempt_log == [] and fast.attempt_log is not slow.attempt_log
