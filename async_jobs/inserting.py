@@ -40,6 +40,7 @@ from typing import Any, cast
 from django.db import connections, models, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.utils import CursorWrapper
+from django.db.models import NOT_PROVIDED
 from django.db.models.signals import post_save, pre_save
 
 from async_jobs.models import Job
@@ -96,17 +97,21 @@ def announce(jobs: list[Job], using: str) -> None:
 def _insert_row(job: Job, using: str) -> None:
     """``job.save(force_insert=True)``'s INSERT, built once, values bound apart.
 
-    Columns whose value is None are left out (they are NULL either way: the
-    model declares no database defaults), so that psycopg and the server
-    handle a dozen values, not 19: one statement per set of columns given.
+    Columns whose value is None and that have no database default are left
+    out (NULL either way), so that psycopg and the server handle a dozen
+    values, not 19: one statement per set of columns given.
     """
     connection = connections[using]
     columns = _row_columns(connection.alias)
     given = []
     values = []
-    for index, (attname, field, prepare) in enumerate(columns):
+    for index, (attname, field, prepare, omissible) in enumerate(columns):
         value = getattr(job, attname) if field is None else field.pre_save(job, True)
-        if value is not None:
+        if not omissible and hasattr(value, "resolve_expression"):
+            # The database's default (DatabaseDefault), or another expression.
+            job.save(using=using, force_insert=True)
+            return
+        if value is not None or not omissible:
             given.append(index)
             values.append(value if prepare is None else prepare(value))
     with _server_binding_cursor(connection) as cursor:
@@ -139,17 +144,19 @@ def _server_binding_cursor(connection: BaseDatabaseWrapper) -> CursorWrapper:
 @cache
 def _row_columns(
     alias: str,
-) -> list[tuple[str, models.Field | None, Callable[[Any], Any] | None]]:
+) -> list[tuple[str, models.Field | None, Callable[[Any], Any] | None, bool]]:
     """Each column of a job row, in order: its attribute, the field when its
     ``pre_save()`` must be asked for the value (else None: the attribute is the
-    value), and how the value is prepared as Django's ``get_db_prep_save()``
-    would (None: psycopg takes it as the model holds it)."""
+    value), how the value is prepared as Django's ``get_db_prep_save()``
+    would (None: psycopg takes it as the model holds it), and whether the
+    column may be left out when the value is None (no database default)."""
     connection = connections[alias]
     return [
         (
             field.attname,
             None if _plain_pre_save(field) else field,
             _preparer(field, connection),
+            field.db_default is NOT_PROVIDED,
         )
         for field in Job._meta.concrete_fields
         if not field.primary_key
