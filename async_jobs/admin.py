@@ -8,6 +8,12 @@ actions, which use the model's own ``cancel()`` and ``requeue()``.
 The changelist is built for a table of millions of rows: ordered by the
 primary key, counted by ``EstimatedCountPaginator``, with filters whose
 choices come from settings or from the newest rows, never a scan.
+
+A job a worker is running shows as ``running``, with its worker and lease: a
+non-atomic job by its status, an atomic one (``pending`` in its row while a
+worker runs it) on PostgreSQL by its row lock (``overview.held_by_a_worker()``:
+no lock taken, nothing written), asked for the rows on the page only, or, in
+the status filter, of the due pending rows.
 """
 
 from __future__ import annotations
@@ -20,12 +26,25 @@ from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.contrib.auth import get_permission_codename
 from django.core.exceptions import PermissionDenied
+from django.core.paginator import Paginator
 from django.db import connections, transaction
-from django.db.models import Case, F, Q, QuerySet, TextField, Value, When
+from django.db.models import (
+    BooleanField,
+    Case,
+    ExpressionWrapper,
+    F,
+    Q,
+    QuerySet,
+    TextField,
+    Value,
+    When,
+)
 from django.db.models.functions import StrIndex, Substr
 from django.http import HttpRequest, HttpResponse
 from django.template.response import TemplateResponse
 from django.urls import path, reverse
+from django.utils import timezone
+from django.utils.functional import cached_property
 from django.utils.html import format_html
 from django.utils.http import urlencode
 
@@ -34,8 +53,47 @@ from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.durations import format_age
 from async_jobs.groups import delete_jobs
 from async_jobs.models import REQUEUABLE, Error, Job
-from async_jobs.overview import hourly_outcomes, queue_overview
-from async_jobs.pagination import EstimatedCountPaginator
+from async_jobs.overview import held_by_a_worker, hourly_outcomes, queue_overview
+
+
+def planner_estimate(queryset) -> int | None:
+    """PostgreSQL's estimate of the rows ``queryset`` returns, or None."""
+    if connections[queryset.db].vendor != "postgresql":
+        return None
+    plan = json.loads(queryset.order_by().explain(format="json"))
+    return int(plan[0]["Plan"]["Plan Rows"])
+
+
+class EstimatedCountPaginator(Paginator):
+    """A paginator for tables of millions of rows: no ``COUNT(*)`` over all of them.
+
+    Django's paginator counts every matching row to number the pages, on every
+    page view of the changelist; with a million jobs that is the slowest part
+    of the page. This one counts exactly only up to ``exact_limit`` rows
+    (``SELECT COUNT(*) FROM (SELECT … LIMIT n)``, which stops early). Past
+    that, on PostgreSQL, it takes the planner's estimate of the row count,
+    which costs an ``EXPLAIN`` and no scan; the page then says "about".
+    """
+
+    #: Up to this many rows the count is exact.
+    exact_limit = 10_000
+
+    #: True once ``count`` is an estimate rather than a count.
+    estimated = False
+
+    @cached_property
+    def count(self) -> int:
+        # Paginator types object_list as any sliceable; this one pages querysets.
+        rows = cast(QuerySet[Any], self.object_list).order_by()
+        bounded = rows[: self.exact_limit + 1].count()
+        if bounded <= self.exact_limit:
+            return bounded
+        estimate = planner_estimate(rows)
+        if estimate is None:
+            return rows.count()
+        self.estimated = True
+        return max(estimate, bounded)
+
 
 #: At most this many refused job ids are named in an action's message.
 NAMED_IDS = 10
@@ -79,6 +137,40 @@ class RecentValuesFilter(admin.SimpleListFilter):
         if self.value() is None:
             return queryset
         return queryset.filter(**{self.field: self.value()})
+
+
+def held(queryset: QuerySet) -> QuerySet:
+    """``queryset`` with ``held``: whether an open transaction, a worker's
+    running an atomic job, holds the row (on PostgreSQL; else never)."""
+    locked = held_by_a_worker(queryset.db)
+    if locked is None:
+        return queryset.annotate(held=Value(False))
+    return queryset.annotate(held=ExpressionWrapper(locked, BooleanField()))
+
+
+class StatusFilter(admin.SimpleListFilter):
+    """By status, where ``running`` includes, on PostgreSQL, the atomic jobs a
+    worker is running (``pending`` in their row, held by its transaction)."""
+
+    title = "status"
+    # The parameter Django's own filter of the field used: links keep working.
+    parameter_name = "status__exact"
+
+    def lookups(self, request: HttpRequest, model_admin: admin.ModelAdmin) -> list:
+        return list(Job.Status.choices)
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet) -> QuerySet:
+        status = self.value()
+        if status is None:
+            return queryset
+        locked = held_by_a_worker(queryset.db)
+        if locked is None or status not in (Job.Status.PENDING, Job.Status.RUNNING):
+            return queryset.filter(status=status)
+        # A worker can only have claimed a job that was due.
+        being_run = Q(status=Job.Status.PENDING, run_after__lte=timezone.now()) & locked
+        if status == Job.Status.RUNNING:
+            return queryset.filter(Q(status=Job.Status.RUNNING) | being_run)
+        return queryset.filter(Q(status=Job.Status.PENDING) & ~being_run)
 
 
 class QueueFilter(RecentValuesFilter):
@@ -135,7 +227,7 @@ class ErrorInline(admin.StackedInline):
 class JobChangeList(ChangeList):
     def get_queryset(self, request: HttpRequest, exclude_parameters=None) -> QuerySet:
         # The list shows none of these, and they can be large.
-        return (
+        return held(
             super()
             .get_queryset(request, exclude_parameters)
             .defer("args", "kwargs", "meta", "result")
@@ -148,15 +240,17 @@ class JobAdmin(admin.ModelAdmin):
         "id",
         "name",
         "queue",
-        "status",
+        "status_display",
         "priority",
         "attempts",
         "run_after",
+        "started",
+        "worker_display",
         "finished",
     ]
     list_display_links = ["id", "name"]
     list_filter = [
-        "status",
+        StatusFilter,
         QueueFilter,
         NameFilter,
         ("created", admin.DateFieldListFilter),
@@ -173,7 +267,16 @@ class JobAdmin(admin.ModelAdmin):
     fieldsets = [
         (
             None,
-            {"fields": ["name", "status", "queue", "priority", "group", "unique_key"]},
+            {
+                "fields": [
+                    "name",
+                    "status_display",
+                    "queue",
+                    "priority",
+                    "group",
+                    "unique_key",
+                ]
+            },
         ),
         ("Call", {"fields": ["args_display", "kwargs_display", "meta_display"]}),
         (
@@ -189,10 +292,14 @@ class JobAdmin(admin.ModelAdmin):
                 ]
             },
         ),
+        (
+            "Lease (a running non-atomic job)",
+            {"fields": ["worker", "heartbeat", "lease_expires", "cancel_requested"]},
+        ),
     ]
     readonly_fields = [
         "name",
-        "status",
+        "status_display",
         "queue",
         "priority",
         "group",
@@ -207,6 +314,10 @@ class JobAdmin(admin.ModelAdmin):
         "started",
         "finished",
         "result_display",
+        "worker",
+        "heartbeat",
+        "lease_expires",
+        "cancel_requested",
     ]
 
     class Media:
@@ -228,8 +339,49 @@ class JobAdmin(admin.ModelAdmin):
     def result_display(self, job: Job) -> str:
         return pretty_json(job.result)
 
+    @admin.display(description="status", ordering="status")
+    def status_display(self, job: Job) -> str:
+        """``running`` for an atomic job a worker runs now (PostgreSQL)."""
+        if job.status == Job.Status.PENDING and getattr(job, "held", False):
+            return format_html(
+                '{} <span class="async-jobs-note">(atomic, in a worker\'s '
+                "open transaction)</span>",
+                Job.Status(Job.Status.RUNNING).label,
+            )
+        return job.get_status_display()
+
+    @admin.display(description="worker")
+    def worker_display(self, job: Job) -> str:
+        """A running job's worker, its last heartbeat and its lease."""
+        if job.status == Job.Status.PENDING and getattr(job, "held", False):
+            return "a worker's transaction"
+        if job.status != Job.Status.RUNNING:
+            return ""
+        now = timezone.now()
+        parts = [job.worker or "?"]
+        if job.heartbeat is not None:
+            parts.append(f"heartbeat {format_age(now - job.heartbeat)} ago")
+        if job.lease_expires is not None:
+            if job.lease_expires > now:
+                parts.append(f"lease {format_age(job.lease_expires - now)} left")
+            else:
+                parts.append(f"lease expired {format_age(now - job.lease_expires)} ago")
+        return ", ".join(parts)
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Job]:
         return super().get_queryset(request).using(jobs_database())
+
+    def get_object(
+        self, request: HttpRequest, object_id: str, from_field: str | None = None
+    ) -> Job | None:
+        job = super().get_object(request, object_id, from_field)
+        if job is not None and job.status == Job.Status.PENDING:
+            job.held = (  # shown by status_display
+                held(Job.objects.using(job._state.db).filter(pk=job.pk))
+                .values_list("held", flat=True)
+                .first()
+            )
+        return job
 
     def get_changelist(self, request: HttpRequest, **kwargs) -> type[ChangeList]:
         return JobChangeList

@@ -4,18 +4,24 @@ Besides each key's own rule (``conf.py``), the entries of
 ``ALLOWED_MODULES`` must import and hold some of the project's code: a typo
 (``["shopp"]``) is a valid list of names, and every due job would fail at the
 next run.
+
+On SQLite, the settings of the database that holds the jobs decide whether a
+worker can make the site's own requests fail: ``check_sqlite_settings()``
+warns when they can.
 """
 
 from __future__ import annotations
 
+import re
 from importlib.util import find_spec
 from typing import Any
 
 from django.conf import settings
 from django.core.checks import CheckMessage, Error, Tags, Warning, register
+from django.db import connections
 
 from async_jobs.allowlist import default_allowed_modules
-from async_jobs.conf import check, problems
+from async_jobs.conf import check, jobs_database, problems
 
 
 @register(Tags.compatibility)
@@ -79,3 +85,79 @@ def check_allowed_modules(app_configs: Any = None, **kwargs: Any) -> list:
                 )
             )
     return found
+
+
+#: The jobs' SQLite database is set up so that a worker can fail requests.
+SQLITE_REQUESTS_MAY_FAIL = "async_jobs.W002"
+
+#: What the docs and the hint recommend for a SQLite database that holds jobs.
+SQLITE_OPTIONS = (
+    '"OPTIONS": {"transaction_mode": "IMMEDIATE", '
+    '"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20}'
+)
+
+_SETS_WAL = re.compile(r"journal_mode\s*=\s*'?\"?wal\b", re.IGNORECASE)
+
+
+def _journal_mode(alias: str, databases: Any) -> str | None:
+    """The database's journal mode: asked when the check may use the
+    database, else read from ``init_command``; ``None`` if unknown."""
+    if databases and alias in databases:
+        with connections[alias].cursor() as cursor:
+            cursor.execute("PRAGMA journal_mode")
+            return str(cursor.fetchone()[0]).lower()
+    init_command = connections[alias].settings_dict["OPTIONS"].get("init_command")
+    if init_command and _SETS_WAL.search(init_command):
+        return "wal"
+    return None
+
+
+@register(Tags.database)
+def check_sqlite_settings(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[CheckMessage]:
+    """Warn when a worker on the jobs' SQLite database can fail requests.
+
+    Without ``databases`` (``manage.py check``, ``runserver``) the journal
+    mode is known only from ``init_command``; ``flush_queue``, ``migrate``
+    and ``check --database`` ask the database.
+    """
+    if problems(getattr(settings, "ASYNC_JOBS", {})):
+        return []  # check_settings reports it
+    alias = jobs_database()
+    connection = connections[alias]
+    if connection.vendor != "sqlite":
+        return []
+    name = str(connection.settings_dict["NAME"])
+    if name == ":memory:" or "mode=memory" in name:
+        return []  # one connection's own database: no worker shares it
+    options = connection.settings_dict["OPTIONS"]
+    mode = str(options.get("transaction_mode") or "DEFERRED").upper()
+    found = []
+    if mode not in ("IMMEDIATE", "EXCLUSIVE"):
+        found.append(
+            "transactions begin DEFERRED (transaction_mode): a request transaction "
+            'that reads, then writes, fails at once with "database is locked" '
+            "while a worker holds the write lock (SQLite refuses to upgrade a "
+            "read to a write then, and the timeout doesn't apply)"
+        )
+    journal_mode = _journal_mode(alias, databases)
+    if journal_mode is not None and journal_mode != "wal":
+        found.append(
+            f"the journal mode is {journal_mode}, not WAL: readers and a "
+            "committing writer wait for each other"
+        )
+    if not found:
+        return []
+    return [
+        Warning(
+            f"DATABASES[{alias!r}], which holds the jobs, is SQLite and "
+            + "; ".join(found)
+            + ".",
+            hint=f"Set {SQLITE_OPTIONS} in DATABASES[{alias!r}]: every "
+            "transaction then takes the write lock as it begins, waiting up to "
+            "the timeout (seconds) for it, and readers never wait. The docs' "
+            "page 'Choosing a mode' says more (SQLite).",
+            id=SQLITE_REQUESTS_MAY_FAIL,
+        )
+    ]

@@ -62,15 +62,6 @@ def series_end(until: str) -> datetime:
     return end
 
 
-def cron_available() -> bool:
-    """Whether croniter can be imported, so cron expressions can be read."""
-    try:
-        _croniter("")
-    except ImportError:
-        return False
-    return True
-
-
 def cron_after(expression: str, moment: datetime) -> datetime:
     """The first cron slot after ``moment``, read in settings.TIME_ZONE.
 

@@ -194,6 +194,7 @@ def _settle(jobs: list[Job], using: str) -> None:
     computed) must not undo the outcomes, nor stop the worker. If it fails,
     job by job, so that only the job at fault misses what follows it.
     """
+    jobs = hooks.concerned(jobs)
     if not jobs or _settled(jobs, using) or len(jobs) == 1:
         return
     for job in jobs:

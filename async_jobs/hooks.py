@@ -15,8 +15,9 @@ from typing import Any
 
 # Jobs are typed ``Any`` here: this module sits below the models.
 
-#: Called, in order, in the transaction that gave jobs a final status.
-_settled: list[Callable[[Sequence[Any], str], None]] = []
+#: Called, in order, in the transaction that gave jobs a final status, each
+#: with the jobs it concerns.
+_settled: list[tuple[Callable[[Sequence[Any], str], None], Callable[[Any], bool]]] = []
 _executor: list[Callable[[Any], Any]] = []
 
 
@@ -39,10 +40,21 @@ class Wrapper:
 _wrappers: list[Wrapper] = []
 
 
-def on_settled(hook: Callable[[Sequence[Any], str], None]) -> None:
-    """Call ``hook(jobs, using)`` whenever jobs reach a final status."""
-    if hook not in _settled:
-        _settled.append(hook)
+def on_settled(
+    hook: Callable[[Sequence[Any], str], None], concerns: Callable[[Any], bool]
+) -> None:
+    """Call ``hook(jobs, using)`` whenever jobs it ``concerns`` reach a final status.
+
+    ``concerns(job)`` reads only the job in memory: most jobs concern no
+    feature, and the run path then does nothing more for them.
+    """
+    if all(registered != hook for registered, _ in _settled):
+        _settled.append((hook, concerns))
+
+
+def concerned(jobs: Sequence[Any]) -> list[Any]:
+    """The jobs among these that some feature must be told of."""
+    return [job for job in jobs if any(wants(job) for _, wants in _settled)]
 
 
 def settled(jobs: Sequence[Any], using: str) -> None:
@@ -51,9 +63,10 @@ def settled(jobs: Sequence[Any], using: str) -> None:
     Runs in the transaction that wrote those statuses, so what the features
     do commits with them or not at all.
     """
-    if jobs:
-        for hook in _settled:
-            hook(jobs, using)
+    for hook, concerns in _settled:
+        mine = [job for job in jobs if concerns(job)]
+        if mine:
+            hook(mine, using)
 
 
 def set_executor(executor: Callable[[Any], Any]) -> None:

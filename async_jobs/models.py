@@ -67,7 +67,7 @@ class JobQuerySet(models.QuerySet):
             jobs = list(
                 self.pending()
                 .select_for_update()
-                .only("pk", "status", "group_id")
+                .only("pk", "status", "group_id", "meta")
                 .order_by("pk")
             )
             if jobs:
@@ -182,10 +182,13 @@ class Job(models.Model):
     max_attempts = models.PositiveIntegerField(default=1)
     # A non-atomic job's lease, while it is running: the worker that holds it,
     # until when, and when that worker last renewed it.
+    # Database defaults too, for the columns added since 0001: a row written
+    # by hand in SQL (or by an older version's raw INSERT) may leave them out.
     worker = models.CharField(
         max_length=255,
         blank=True,
         default="",
+        db_default="",
         help_text="The worker (host:pid) running this non-atomic job.",
     )
     lease_expires = models.DateTimeField(
@@ -198,6 +201,7 @@ class Job(models.Model):
     )
     cancel_requested = models.BooleanField(
         default=False,
+        db_default=False,
         help_text="cancel() of a running non-atomic job: its worker stops it.",
     )
     result = models.JSONField(null=True, blank=True)

@@ -5,6 +5,14 @@ person and a monitoring check see the same figures. Four grouped queries; the
 ones about due jobs and recent failures are served by indexes (the claim
 index, ``(status, finished)`` and ``Error.occurred``), the counts by status
 read the whole table.
+
+A job a worker is running is ``running``: a non-atomic one by its status, an
+atomic one (``pending`` while a worker runs it inside the transaction that
+locked its row) on PostgreSQL by that lock, read from the row's ``xmax`` and
+``pg_locks`` (``held_by_a_worker()``). That takes no lock and writes nothing,
+and it reads only due pending rows, the only ones a worker can have claimed:
+the due query reads them anyway. SQLite has no row locks to ask about: there
+an atomic job being run counts as pending and due.
 """
 
 from __future__ import annotations
@@ -16,7 +24,9 @@ from datetime import timezone as dt_timezone
 from typing import Any
 
 from django.conf import settings
-from django.db.models import Count, Min
+from django.db import connections
+from django.db.models import BooleanField, Count, Min, Q
+from django.db.models.expressions import RawSQL
 from django.db.models.functions import Trunc
 from django.utils import timezone
 
@@ -27,12 +37,36 @@ from async_jobs.models import Error, Job
 RECENT = timedelta(hours=1)
 
 
+def held_by_a_worker(using: str) -> Q | None:
+    """Rows another open transaction holds, such as a worker running an atomic job.
+
+    On PostgreSQL a row's ``xmax`` names the transaction that locked (or is
+    changing) it, and ``pg_locks`` lists the transactions still open: a row
+    whose ``xmax`` is among those of other sessions is held right now. Reading
+    both takes no lock, so no worker is held up by someone asking. ``None``
+    where the database can't tell (SQLite).
+    """
+    connection = connections[using]
+    if connection.vendor != "postgresql":
+        return None
+    table = connection.ops.quote_name(Job._meta.db_table)
+    return Q(
+        RawSQL(
+            f"{table}.xmax IN (SELECT transactionid FROM pg_locks WHERE locktype "
+            "= 'transactionid' AND granted AND pid <> pg_backend_pid())",
+            [],
+            output_field=BooleanField(),
+        )
+    )
+
+
 @dataclass(frozen=True)
 class QueueStatus:
     """One queue's figures at one moment."""
 
     queue: str
-    #: Jobs by status; every status is present, 0 when there are none.
+    #: Jobs by status; every status is present, 0 when there are none. On
+    #: PostgreSQL an atomic job a worker is running counts as ``running``.
     counts: dict[str, int]
     #: Pending jobs whose ``run_after`` has passed: they wait for a worker.
     due: int
@@ -104,12 +138,30 @@ def queue_overview(queues: Sequence[str] = (), using: str | None = None) -> Over
     counts: dict[str, dict[str, int]] = {}
     for row in jobs.values("queue", "status").annotate(n=Count("pk")):
         counts.setdefault(row["queue"], {})[row["status"]] = row["n"]
+    held = held_by_a_worker(using)
+    figures: dict[str, Any] = {"n": Count("pk"), "oldest": Min("run_after")}
+    if held is not None:
+        # A job being run waits for no worker: due and oldest leave it out.
+        figures = {
+            "n": Count("pk", filter=~held),
+            "oldest": Min("run_after", filter=~held),
+            "held": Count("pk", filter=held),
+        }
     due = {
         row["queue"]: row
         for row in jobs.filter(status=Job.Status.PENDING, run_after__lte=now)
         .values("queue")
-        .annotate(n=Count("pk"), oldest=Min("run_after"))
+        .annotate(**figures)
     }
+    # An atomic job a worker is running is pending in its row: count it running.
+    for name, row in due.items():
+        if row.get("held"):
+            by_status = counts.setdefault(name, {})
+            pending = by_status.get(Job.Status.PENDING, 0)
+            by_status[Job.Status.PENDING] = max(0, pending - row["held"])
+            by_status[Job.Status.RUNNING] = (
+                by_status.get(Job.Status.RUNNING, 0) + row["held"]
+            )
     failed = dict(
         jobs.filter(status=Job.Status.FAILED, finished__gte=since)
         .values("queue")

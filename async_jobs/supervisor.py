@@ -84,11 +84,12 @@ class Child:
     """One child process, and what the parent knows of it."""
 
     pid: int
-    stream: IO[str]
+    #: The parent's end of the pipe the child writes its JSON lines to.
+    stream: socket.socket
     born: float = field(default_factory=time.monotonic)
     #: The attempts started since its last committed batch: the last is running.
     in_flight: list[dict] = field(default_factory=list)
-    buffer: str = ""
+    buffer: bytes = b""
     #: Set by the child's last message: its exit code and why (a fatal error).
     fatal: str | None = None
     done: bool = False
@@ -213,7 +214,7 @@ class Supervisor:
                         stream.flush()
                 os._exit(code)
         write_end.close()
-        self.children[pid] = Child(pid, read_end.makefile("r", encoding="utf-8"))
+        self.children[pid] = Child(pid, read_end)
 
     def _read(self) -> None:
         """Wait for what the children say, or for one to end."""
@@ -224,13 +225,7 @@ class Supervisor:
             return
         for fileno in readable:
             child = streams[fileno]
-            chunk = os.read(fileno, 65536).decode("utf-8", "replace")
-            if not chunk:
-                continue
-            child.buffer += chunk
-            *lines, child.buffer = child.buffer.split("\n")
-            for line in lines:
-                self._heard(child, json.loads(line))
+            self._receive(child)
 
     def _heard(self, child: Child, message: dict) -> None:
         if "job" in message:
@@ -266,17 +261,17 @@ class Supervisor:
 
     def _drain(self, child: Child) -> None:
         """What the child wrote before it ended."""
-        while True:
-            readable, _, _ = select.select([child.stream.fileno()], [], [], 0)
-            if not readable:
-                return
-            chunk = os.read(child.stream.fileno(), 65536).decode("utf-8", "replace")
-            if not chunk:
-                return
-            child.buffer += chunk
-            *lines, child.buffer = child.buffer.split("\n")
-            for line in lines:
-                self._heard(child, json.loads(line))
+        while select.select([child.stream], [], [], 0)[0] and self._receive(child):
+            pass
+
+    def _receive(self, child: Child) -> bool:
+        """Read what the child sent; False at the end of its pipe."""
+        chunk = child.stream.recv(65536)
+        child.buffer += chunk
+        *lines, child.buffer = child.buffer.split(b"\n")
+        for line in lines:
+            self._heard(child, json.loads(line))
+        return bool(chunk)
 
     def _charge(self, child: Child, how: str) -> None:
         """The child died running its last attempt: record that attempt."""

@@ -202,6 +202,8 @@ def job_status(job: Job) -> Status:
         return Status.SUCCESSFUL  # type: ignore[return-value]  # see Status
     if job.status in (Job.Status.FAILED, Job.Status.CANCELLED):
         return Status.FAILED  # type: ignore[return-value]  # see Status
+    if job.status == Job.Status.RUNNING:  # a non-atomic job, its lease held
+        return Status.RUNNING  # type: ignore[return-value]  # see Status
     running = current_job()
     if (running is not None and running.pk == job.pk) or _locked_by_a_worker(job):
         return Status.RUNNING  # type: ignore[return-value]  # see Status

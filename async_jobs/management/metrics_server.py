@@ -69,4 +69,5 @@ def start_metrics_server(
     if options["verbosity"] >= 1:
         command.stdout.write(f"Serving Prometheus metrics at {server.url}")
         command.stdout.flush()
+        command.stdout.flush()
     return server

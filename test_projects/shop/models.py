@@ -25,3 +25,15 @@ class Mark(models.Model):
 
     def __str__(self) -> str:
         return self.label
+
+
+class Report(models.Model):
+    """A report's figures, written once per key by a job that may run twice."""
+
+    key = models.CharField(max_length=100, unique=True)
+    orders = models.IntegerField(default=0)
+    total = models.IntegerField(default=0)
+    written = models.DateTimeField(auto_now=True)
+
+    def __str__(self) -> str:
+        return f"Report {self.key}"

@@ -3,6 +3,7 @@ actions and permissions."""
 
 import threading
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.contrib.auth.models import Permission
@@ -15,8 +16,9 @@ from django.utils import timezone
 from shop.models import Mark
 
 from async_jobs import Error, Job, schedule
-from async_jobs.admin import NameFilter, QueueFilter
-from async_jobs.pagination import EstimatedCountPaginator
+from async_jobs.admin import EstimatedCountPaginator, NameFilter, QueueFilter
+
+from .conftest import finish, wait_until
 
 pytestmark = pytest.mark.django_db
 
@@ -85,10 +87,12 @@ def test_changelist_lists_newest_first_with_its_columns(admin_client):
         "id",
         "name",
         "queue",
-        "status",
+        "status_display",
         "priority",
         "attempts",
         "run_after",
+        "started",
+        "worker_display",
         "finished",
     ]
     assert cl.paginator.count == 3
@@ -481,6 +485,88 @@ def test_actions_skip_a_job_a_worker_is_running(admin_client, on_postgres):
     running.refresh_from_db()
     idle.refresh_from_db()
     assert (running.status, idle.status) == (Job.Status.PENDING, Job.Status.CANCELLED)
+
+
+def make_running(job: Job, lease_left: timedelta = timedelta(seconds=45)) -> Job:
+    """The row of a non-atomic job whose worker holds its lease."""
+    now = timezone.now()
+    Job.objects.filter(pk=job.pk).update(
+        status=Job.Status.RUNNING,
+        worker="web1:4242",
+        started=now - timedelta(minutes=2),
+        heartbeat=now - timedelta(seconds=15),
+        lease_expires=now + lease_left,
+        attempts=1,
+    )
+    job.refresh_from_db()
+    return job
+
+
+def test_a_running_job_is_listed_with_its_worker_and_lease(admin_client):
+    running = make_running(schedule("shop.tasks.noop"))
+    lost = make_running(schedule("shop.tasks.noop"), timedelta(seconds=-30))
+    pending = schedule("shop.tasks.noop")
+
+    response = changelist(admin_client)
+
+    html = response.content.decode()
+    assert "web1:4242, heartbeat 15s ago, lease 4" in html  # 45s left, or 44s
+    assert "lease expired 30s ago" in html or "lease expired 31s ago" in html
+    response = changelist(admin_client, status__exact="running")
+    assert listed(response) == [lost.pk, running.pk]
+    choices = [
+        choice["display"]
+        for choice in response.context["cl"]
+        .filter_specs[0]
+        .choices(response.context["cl"])
+    ]
+    assert choices == ["All", "Pending", "Running", "Succeeded", "Failed", "Cancelled"]
+    assert listed(changelist(admin_client, status__exact="pending")) == [pending.pk]
+
+
+def test_a_running_jobs_page_shows_its_lease_read_only(admin_client):
+    job = make_running(schedule("shop.tasks.noop"))
+
+    response = admin_client.get(reverse("admin:async_jobs_job_change", args=[job.pk]))
+
+    html = response.content.decode()
+    assert "Lease (a running non-atomic job)" in html
+    assert "web1:4242" in html
+    for field in ("worker", "heartbeat", "lease_expires", "cancel_requested"):
+        assert f'name="{field}"' not in html  # shown, never editable
+        assert f"field-{field}" in html
+
+
+@pytest.mark.processes
+@pytest.mark.django_db(transaction=True)
+def test_an_atomic_job_a_worker_runs_is_shown_running(
+    admin_client, on_postgres, start_manage, tmp_path
+):
+    """On PostgreSQL its row lock tells; the row itself stays pending."""
+    if not on_postgres:
+        pytest.skip("SQLite has no row locks to tell a running atomic job by")
+    flag = tmp_path / "hold"
+    flag.touch()
+    held = schedule("shop.tasks.write_then_wait", args=["held", str(flag)])
+    waiting = schedule("shop.tasks.noop", run_after=timedelta(hours=1))
+    worker = start_manage("flush_queue", "--jobs", "1")
+    try:
+        wait_until(Path(f"{flag}.started").exists, "the job to start", process=worker)
+        running = changelist(admin_client, status__exact="running")
+        pending = changelist(admin_client, status__exact="pending")
+        page = admin_client.get(
+            reverse("admin:async_jobs_job_change", args=[held.pk])
+        ).content.decode()
+        everything = changelist(admin_client).content.decode()
+    finally:
+        flag.unlink()
+    assert finish(worker)[0] == 0
+    assert listed(running) == [held.pk]
+    assert listed(pending) == [waiting.pk]
+    assert 'Running <span class="async-jobs-note">(atomic, in a worker' in page
+    assert "a worker&#x27;s transaction" in everything
+    held.refresh_from_db()
+    assert held.status == Job.Status.SUCCEEDED  # nothing was written meanwhile
 
 
 # The Error changelist

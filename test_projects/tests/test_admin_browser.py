@@ -142,6 +142,53 @@ def test_log_in_filter_failed_jobs_and_run_one_again(
     browser.save_screenshot(str(ARTIFACTS / "admin_queue_overview.png"))
 
 
+def test_a_running_job_is_listed_with_its_worker_and_lease(
+    live_server, browser, django_user_model
+):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as seen
+    from selenium.webdriver.support.wait import WebDriverWait
+
+    django_user_model.objects.create_superuser("operator", password="s3cret-pass")
+    waiting = schedule("shop.tasks.noop", run_after=timedelta(days=1))
+    running = schedule("shop.tasks.noop")
+    now = timezone.now()
+    Job.objects.filter(pk=running.pk).update(
+        status=Job.Status.RUNNING,
+        worker="web1:4242",
+        started=now - timedelta(minutes=3),
+        heartbeat=now - timedelta(seconds=10),
+        lease_expires=now + timedelta(seconds=50),
+        attempts=1,
+    )
+    wait = WebDriverWait(browser, WAIT)
+    browser.get(live_server.url + reverse("admin:login"))
+    browser.find_element(By.NAME, "username").send_keys("operator")
+    browser.find_element(By.NAME, "password").send_keys("s3cret-pass")
+    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    wait.until(seen.presence_of_element_located((By.ID, "user-tools")))
+
+    browser.get(live_server.url + reverse("admin:async_jobs_job_changelist"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert [row.find_element(By.CSS_SELECTOR, "th a").text for row in rows] == [
+        str(running.pk),
+        str(waiting.pk),
+    ]
+    assert "Running" in rows[0].text
+    assert "web1:4242, heartbeat 1" in rows[0].text  # 10s ago, or a little more
+    assert "lease 4" in rows[0].text or "lease 50s left" in rows[0].text
+    ARTIFACTS.mkdir(exist_ok=True)
+    assert browser.save_screenshot(str(ARTIFACTS / "admin_running_job.png"))
+
+    filters = browser.find_element(By.ID, "changelist-filter")
+    filters.find_element(By.LINK_TEXT, "Running").click()
+    wait.until(seen.url_contains("status__exact=running"))
+    rows = browser.find_elements(By.CSS_SELECTOR, "#result_list tbody tr")
+    assert [row.find_element(By.CSS_SELECTOR, "th a").text for row in rows] == [
+        str(running.pk)
+    ]
+
+
 def test_browse_errors_filter_by_class_and_open_the_job(
     live_server, browser, django_user_model
 ):

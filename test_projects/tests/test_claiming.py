@@ -96,7 +96,8 @@ def test_a_claim_reads_a_few_pages_whatever_the_backlog(
     assert scan["Actual Rows"] == 1
     # The backlog fills about 100 pages; a sort of it would read them all.
     pages = scan["Shared Hit Blocks"] + scan["Shared Read Blocks"]
-    assert pages < 30, plan
+    # 30 at most here; a sort or a scan of the backlog reads hundreds.
+    assert pages < 40, plan
 
 
 def analyze() -> None:
@@ -135,11 +136,11 @@ def test_a_database_made_without_migrations_gets_the_claim_function(postgres_onl
             cursor.execute(CLAIM_FUNCTION_SQL.read_text())
 
 
-def test_a_job_costs_the_worker_two_statements_besides_begin_and_commit(
+def test_a_job_costs_the_worker_four_statements_besides_begin_and_commit(
     postgres_only,
 ):
-    # The claim carries the job's savepoint (psycopg 3's client-side cursor,
-    # Django's default); no savepoint is released; one UPDATE records it.
+    # The claim, the job's atomic() (a savepoint, released), one UPDATE that
+    # records it; nothing for features the job doesn't concern.
     from django.test.utils import CaptureQueriesContext
 
     from async_jobs.worker import Worker
@@ -150,8 +151,9 @@ def test_a_job_costs_the_worker_two_statements_besides_begin_and_commit(
         Worker("default", max_jobs=1).run()
 
     statements = [q["sql"] for q in queries if q["sql"] not in ("BEGIN", "COMMIT")]
-    assert len(statements) == 2, statements
-    claim_sql, record_sql = statements
+    assert len(statements) == 4, statements
+    claim_sql, savepoint, release, record_sql = statements
     assert "async_jobs_claim(" in claim_sql
-    assert claim_sql.endswith('; SAVEPOINT "async_jobs_job"')
+    assert savepoint.startswith("SAVEPOINT ")
+    assert release.startswith("RELEASE SAVEPOINT ")
     assert record_sql.startswith('UPDATE "async_jobs_job"')

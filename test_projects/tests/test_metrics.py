@@ -222,10 +222,12 @@ def start_worker_with_metrics(start_manage, *args: str) -> tuple:
     worker = start_manage(
         "flush_queue", "--loop", "--sleep", "0.1", "--metrics-port", "0", *args
     )
-    line = worker.stdout.readline()
-    assert line.startswith("Serving Prometheus metrics at "), (
-        line + worker.stderr.read()
-    )
+    # Its first lines: that it waits for jobs, and where it serves.
+    lines = [worker.stdout.readline() for _ in range(2)]
+    [line] = [line for line in lines if line.startswith("Serving")] or [""]
+    if not line.startswith("Serving Prometheus metrics at "):
+        worker.kill()
+        raise AssertionError("".join(lines) + worker.communicate()[1])
     return worker, line.split(" at ")[1].strip()
 
 

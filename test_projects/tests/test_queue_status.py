@@ -3,15 +3,23 @@
 import json
 from datetime import timedelta
 from io import StringIO
+from pathlib import Path
 
 import pytest
 from django.core.management import CommandError, call_command
+from django.db import connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from freezegun import freeze_time
 
 from async_jobs import Job, schedule
+from async_jobs.management.commands.queue_status import COLUMNS
 from async_jobs.overview import queue_overview
+
+from .conftest import finish, wait_until
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -66,11 +74,23 @@ def test_overview_counts_per_queue_and_status(jobs):
 
     default, mail = overview.queues
     assert default.queue == "default"
-    assert default.counts == {"pending": 3, "succeeded": 1, "failed": 0, "cancelled": 1}
+    assert default.counts == {
+        "pending": 3,
+        "running": 0,
+        "succeeded": 1,
+        "failed": 0,
+        "cancelled": 1,
+    }
     assert default.due == 2
     assert default.oldest_due_age(overview.now) == timedelta(minutes=5)
     assert (default.failed_recently, default.errors_recently) == (0, 0)
-    assert mail.counts == {"pending": 1, "succeeded": 0, "failed": 2, "cancelled": 0}
+    assert mail.counts == {
+        "pending": 1,
+        "running": 0,
+        "succeeded": 0,
+        "failed": 2,
+        "cancelled": 0,
+    }
     assert mail.due == 0 and mail.oldest_due is None
     assert (mail.failed_recently, mail.errors_recently) == (1, 2)
     assert overview.longest_wait() == ("default", timedelta(minutes=5))
@@ -80,9 +100,9 @@ def test_table_output(jobs):
     output = queue_status()
 
     assert output.splitlines() == [
-        "queue    pending  succeeded  failed  cancelled  due  oldest due  failed 1h  errors 1h",
-        "default        3          1       0          1    2      5m 00s          0          0",
-        "mail           1          0       2          0    0           -          1          2",
+        "queue    pending  running  succeeded  failed  cancelled  due  oldest due  failed 1h  errors 1h",
+        "default        3        0          1       0          1    2      5m 00s          0          0",
+        "mail           1        0          0       2          0    0           -          1          2",
     ]
 
 
@@ -95,6 +115,7 @@ def test_json_output(jobs):
     assert default == {
         "queue": "default",
         "pending": 3,
+        "running": 0,
         "succeeded": 1,
         "failed": 0,
         "cancelled": 1,
@@ -163,6 +184,61 @@ def test_no_jobs():
     assert queue_status() == "No jobs.\n"
     assert json.loads(queue_status("--json"))["queues"] == []
     assert queue_status("--max-age", "0") == "No jobs.\n"
+
+
+def test_running_jobs_are_counted_per_queue():
+    running = [schedule("shop.tasks.noop") for _ in range(2)]
+    schedule("shop.tasks.noop")
+    Job.objects.filter(pk__in=[job.pk for job in running]).update(
+        status=Job.Status.RUNNING,
+        worker="web1:4242",
+        lease_expires=timezone.now() + timedelta(seconds=60),
+        heartbeat=timezone.now(),
+    )
+
+    [default] = json.loads(queue_status("--json"))["queues"]
+    assert (default["pending"], default["running"], default["due"]) == (1, 2, 1)
+    header, row = queue_status().splitlines()
+    assert header.split()[:3] == ["queue", "pending", "running"]
+    assert row.split()[:3] == ["default", "1", "2"]
+
+
+@pytest.mark.processes
+def test_an_atomic_job_a_worker_runs_counts_as_running(
+    on_postgres, start_manage, tmp_path
+):
+    """On PostgreSQL, by its row lock: not pending, not due, not waiting."""
+    if not on_postgres:
+        pytest.skip("SQLite has no row locks to tell a running atomic job by")
+    flag = tmp_path / "hold"
+    flag.touch()
+    schedule(
+        "shop.tasks.write_then_wait",
+        args=["held", str(flag)],
+        run_after=timezone.now() - timedelta(minutes=10),
+    )
+    schedule("shop.tasks.noop", run_after=timedelta(hours=1))
+    worker = start_manage("flush_queue", "--jobs", "1")
+    try:
+        wait_until(Path(f"{flag}.started").exists, "the job to start", process=worker)
+        with CaptureQueriesContext(connection) as queries:
+            [default] = json.loads(queue_status("--json", "--max-age", "60"))["queues"]
+    finally:
+        flag.unlink()
+    assert finish(worker)[0] == 0
+    assert (default["pending"], default["running"]) == (1, 1)
+    assert (default["due"], default["oldest_due"]) == (0, None)  # no backlog
+    writes = [q["sql"] for q in queries if not q["sql"].lstrip().startswith("SELECT")]
+    assert writes == []
+    [default] = json.loads(queue_status("--json"))["queues"]
+    assert (default["pending"], default["running"], default["succeeded"]) == (1, 0, 1)
+
+
+def test_the_docs_show_the_columns_queue_status_prints():
+    header = " ".join(COLUMNS)
+    for page in ("commands.rst", "operations.rst"):
+        text = (DOCS / page).read_text()
+        assert header in " ".join(text.split()), page
 
 
 def test_exit_status_and_messages_from_a_real_process(run_manage):

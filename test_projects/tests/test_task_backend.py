@@ -255,6 +255,22 @@ def test_get_result_inside_the_running_task_says_running(flush_queue):
     assert result.return_value == Status.RUNNING
 
 
+def test_a_running_non_atomic_job_is_a_running_task(backend):
+    result = tasks.record.enqueue("long")
+    Job.objects.filter(pk=result.id).update(
+        status=Job.Status.RUNNING,
+        worker="web1:4242",
+        started=timezone.now(),
+        lease_expires=timezone.now() + timedelta(seconds=60),
+        heartbeat=timezone.now(),
+        attempts=1,
+    )
+
+    assert backend.get_result(result.id).status == Status.RUNNING
+    result.refresh()
+    assert result.status == Status.RUNNING
+
+
 def test_priority_and_queue_map_to_the_job_and_order_the_run(flush_queue):
     tasks.record.using(priority=-5).enqueue("low")
     tasks.record.enqueue("middle")
@@ -427,7 +443,12 @@ def test_running_is_reported_while_a_worker_holds_the_task(
     assert worker.returncode == 0, err
     fetched = backend.get_result(result.id)
     assert fetched.status == Status.SUCCESSFUL
-    assert fetched.worker_ids == [f"{socket.gethostname()}:{worker.pid}"]
+    # One attempt (the killed one left none), run by the worker's supervised
+    # child process (see supervisor.py), not by the command's own process.
+    [worker_id] = fetched.worker_ids
+    host, _, pid = worker_id.rpartition(":")
+    assert host == socket.gethostname()
+    assert int(pid) != worker.pid
 
 
 @pytest.mark.django_db(transaction=True, databases=["default", "other"])

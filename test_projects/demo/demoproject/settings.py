@@ -39,10 +39,18 @@ TEMPLATES = [
     }
 ]
 
+# A worker must not make the site's requests fail: each transaction takes
+# the write lock as it begins (waiting up to "timeout" seconds), and readers
+# never wait for a writer (WAL). See docs/modes.rst, "SQLite".
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
         "NAME": VAR_DIR / "db.sqlite3",
+        "OPTIONS": {
+            "transaction_mode": "IMMEDIATE",
+            "init_command": "PRAGMA journal_mode=WAL;",
+            "timeout": 20,
+        },
     }
 }
 
