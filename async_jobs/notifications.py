@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -116,12 +116,27 @@ _announcements: WeakKeyDictionary = WeakKeyDictionary()
 def notify_on_commit(using: str, jobs: Iterable[Due]) -> None:
     """Wake the workers once the current transaction on ``using`` commits.
 
+    ``announcement()`` registered as an ``on_commit`` hook.
+    """
+    send = announcement(using, jobs)
+    if send is not None:
+        transaction.on_commit(send, using=using, robust=True)
+
+
+def announcement(using: str, jobs: Iterable[Due]) -> Callable[[], None] | None:
+    """What to call once the current transaction on ``using`` commits to wake
+    the workers, or None when they aren't woken by notifications. The caller
+    registers it with ``transaction.on_commit()`` (alone, or inside a hook of
+    its own: ``inserting.announce()`` sends ``job_scheduled`` in the same
+    hook), at once: the hook must belong to the savepoint the jobs were
+    written in.
+
     For every path that makes jobs due: new rows (``schedule()``,
     ``schedule_many()``, a series' next occurrence), a group's completion job
     released, a job run again. Only ``queue`` and ``run_after`` of ``jobs``
     are read.
 
-    Every call registers an ``on_commit`` hook; all the calls of one
+    Every call's hook is registered on its own; all the calls of one
     transaction share one announcement, and the first hook to run sends it. A
     rolled-back transaction's announcement is never sent, and the next
     transaction starts a new one. After a savepoint rollback the hooks of
@@ -129,7 +144,7 @@ def notify_on_commit(using: str, jobs: Iterable[Due]) -> None:
     linked to the earlier one: whichever runs first sends both.
     """
     if not listens(using):
-        return
+        return None
     connection = connections[using]
     hooks = live_hooks(connection)
     pending = _announcements.get(connection)
@@ -139,7 +154,7 @@ def notify_on_commit(using: str, jobs: Iterable[Due]) -> None:
             pending.successor = fresh
         pending = _announcements[connection] = fresh
     pending.add(jobs)
-    transaction.on_commit(pending.send, using=using, robust=True)
+    return pending.send
 
 
 @dataclass(frozen=True)

@@ -388,3 +388,91 @@ def test_arguments_nested_deeper_than_100_levels_are_refused(args, kwargs, where
     ):
         schedule("shop.tasks.echo", args=args, kwargs=kwargs)
     assert Job.objects.count() == 0
+
+
+# How the row is written: a fixed INSERT on PostgreSQL, save() when the
+# model's signals have receivers.
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_row_is_written_whole_and_read_back_equal():
+    when = timezone.now() + timedelta(hours=1)
+    job = schedule(
+        "shop.tasks.echo",
+        args=[1, "two", [3.5]],
+        kwargs={"x": {"y": None}},
+        run_after=when,
+        meta={"priority": 7, "queue": "mail", "max_attempts": 4},
+    )
+    assert not job._state.adding and job._state.db == "default"
+    stored = Job.objects.get(pk=job.pk)
+    for field in Job._meta.concrete_fields:
+        assert getattr(stored, field.attname) == getattr(job, field.attname), field
+    assert stored.run_after == when and stored.result is None
+    assert Job.objects.filter(result__isnull=True).count() == 1  # SQL NULL
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_insert_goes_through_djangos_cursor():
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        schedule("shop.tasks.noop")
+    assert [sql for sql in seen if sql.startswith("INSERT")]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_the_models_save_signals_fire_when_they_have_receivers():
+    from django.db.models.signals import post_save, pre_save
+
+    sent = []
+
+    def pre(sender, instance, **kwargs):
+        sent.append(("pre_save", instance.pk))
+
+    def post(sender, instance, created, **kwargs):
+        sent.append(("post_save", instance.pk, created))
+
+    pre_save.connect(pre, sender=Job)
+    post_save.connect(post, sender=Job)
+    try:
+        with transaction.atomic():
+            job = schedule("shop.tasks.noop")
+    finally:
+        pre_save.disconnect(pre, sender=Job)
+        post_save.disconnect(post, sender=Job)
+    assert sent == [("pre_save", None), ("post_save", job.pk, True)]
+
+
+def test_a_built_job_is_the_one_job_init_makes():
+    from django.db.models.signals import pre_init
+
+    from async_jobs.scheduling import build_job
+
+    def fields(job):
+        return {
+            field.attname: getattr(job, field.attname)
+            for field in Job._meta.concrete_fields
+            if field.attname not in ("created", "run_after")
+        }
+
+    fast = build_job("shop.tasks.echo", args=[1], meta={"queue": "q"})
+    seen = []
+
+    def receiver(sender, **kwargs):
+        seen.append(sender)
+
+    pre_init.connect(receiver, sender=Job)
+    try:
+        slow = build_job("shop.tasks.echo", args=[1], meta={"queue": "q"})
+    finally:
+        pre_init.disconnect(receiver, sender=Job)
+    assert seen == [Job]  # Job.__init__() ran, and sent it
+    assert fields(fast) == fields(slow)
+    assert fast._state.adding and fast._state.db is None
+    assert fast.args is not build_job("shop.tasks.noop").args  # not shared
+    assert fast.attempt_log == [] and fast.attempt_log is not slow.attempt_log

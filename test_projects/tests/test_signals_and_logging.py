@@ -275,3 +275,15 @@ def test_flush_queue_default_verbosity_prints_only_the_summary(flush_queue):
     lines = flush_queue().splitlines()
 
     assert len(lines) == 1 and lines[0].startswith("Ran 1 job in ")
+
+
+def test_job_scheduled_reaches_a_receiver_connected_before_the_commit():
+    """Receivers are looked up when the transaction commits, as Django does."""
+    late = receiving(job_scheduled)
+    try:
+        with transaction.atomic():
+            job = schedule("shop.tasks.noop")
+            sent = late.__enter__()  # connected after schedule(), before COMMIT
+    finally:
+        late.__exit__(None, None, None)
+    assert [message["job"] for message in sent] == [job]
