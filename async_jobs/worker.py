@@ -179,9 +179,9 @@ class Worker:
         for outcome in outcomes:
             self._count(outcome)
         if long_job is not None:
-            outcome = run_non_atomic(long_job, self.using)
-            if outcome is not None:
-                self._count(outcome)
+            recorded = run_non_atomic(long_job, self.using)
+            if recorded is not None:  # None: its lease was taken over
+                self._count(recorded)
         return bool(jobs)
 
     def _rescue(self) -> None:
