@@ -56,7 +56,7 @@ def test_database_not_migrated(run_manage, empty_database):
 
     assert code != 0
     assert "The async_jobs migrations are not applied to database 'default'" in err
-    assert "(none of them is: 0001_initial, 0002_claim_function)" in err
+    assert "(none of them is: 0001_initial, 0002_claim_function, 0003_lease)" in err
     assert "run 'python manage.py migrate async_jobs --database default'" in err
     assert "Traceback" not in err
 
@@ -69,7 +69,7 @@ def test_database_partly_migrated_names_what_is_missing(run_manage, empty_databa
     code, _out, err = run_manage("flush_queue", env=env)
 
     assert code != 0
-    assert "(missing 0002_claim_function)" in err
+    assert "(missing 0002_claim_function, 0003_lease)" in err
     assert "0001_initial" not in err
     assert "Traceback" not in err
 
