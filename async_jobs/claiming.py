@@ -7,7 +7,10 @@ without waiting, and the lock lasts exactly as long as the job's transaction,
 so a worker that dies releases its job at once. SQLite has no row locks; there
 the worker's transaction writes first (an UPDATE of no row), which takes the
 database's single write lock before it reads, so a second worker waits rather
-than reading the same job.
+than reading the same job. It does so only when a job is due, or a lease
+expired (``worth_claiming()``, a read in autocommit, says so first): an idle
+worker polling SQLite takes no write lock, and so makes no request's
+transaction fail.
 """
 
 from __future__ import annotations
@@ -41,6 +44,20 @@ def claim_transaction(using: str) -> Iterator[None]:
         if connection.vendor == "sqlite":
             _take_sqlite_write_lock(connection)
         yield
+
+
+def worth_claiming(using: str, queues: Sequence[str] = ()) -> bool:
+    """Whether a claim transaction may find work: on SQLite, a read in
+    autocommit of whether a job is due (of these queues) or a non-atomic job's
+    lease has expired, so that an idle worker takes no write lock. Elsewhere
+    True: the claim itself is as cheap, and locks nothing it doesn't claim.
+    """
+    connection = connections[using]
+    if connection.vendor != "sqlite" or connection.in_atomic_block:
+        return True
+    now = timezone.now()
+    jobs = Job.objects.using(using)
+    return jobs.due(now).in_queues(queues).exists() or jobs.lease_expired(now).exists()
 
 
 def _take_sqlite_write_lock(connection: BaseDatabaseWrapper) -> None:

@@ -247,6 +247,30 @@ SETTINGS = (
             for status, age in {**PRUNE_AFTER_DEFAULTS, **value}.items()
         },
     ),
+    Setting(
+        "NON_ATOMIC_QUEUES",
+        (),
+        "async_jobs.E021",
+        _rule(
+            lambda value: isinstance(value, list | tuple) and _is_str_list(value),
+            "ASYNC_JOBS['NON_ATOMIC_QUEUES'] must be a list of queue names, "
+            "not {value!r}.",
+        ),
+        doc="The queues whose jobs run non-atomically unless their meta says "
+        "otherwise (long jobs).",
+        convert=tuple,
+    ),
+    Setting(
+        "LEASE",
+        60,
+        "async_jobs.E022",
+        _rule(
+            lambda value: is_number(value) and value > 0,
+            "ASYNC_JOBS['LEASE'] must be a number of seconds > 0, not {value!r}.",
+        ),
+        doc="Seconds a worker holds a non-atomic job without renewing its lease; "
+        "it renews it every third of that.",
+    ),
 )
 
 #: The default of every key, by name.
@@ -271,6 +295,8 @@ class JobsSettings:
     batch_size: int
     poll_interval: float
     prune_after: dict[str, timedelta | None]
+    non_atomic_queues: tuple[str, ...]
+    lease: float
 
 
 def check(raw: object) -> list[Problem]:

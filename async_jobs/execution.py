@@ -13,6 +13,13 @@ transaction:
   its record;
 * the process dies: the database rolls the whole transaction back and the row
   is ``pending`` and unlocked again.
+
+A non-atomic job (``Job.atomic`` False: long jobs) is different. Its claim
+commits it ``running`` under a lease (``start_non_atomic()``); its function
+runs with no transaction open (``run_non_atomic()``) while a heartbeat thread
+renews the lease on a connection of its own; its outcome is recorded in a
+short transaction fenced by the lease: if the lease was taken over, nothing
+is recorded. A job whose lease expired is rescued (``rescue_expired()``).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import inspect
 import logging
 import os
 import socket
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -36,11 +44,11 @@ from django.utils import timezone
 from async_jobs import hooks
 from async_jobs.allowlist import FunctionNotAllowed, resolve
 from async_jobs.claiming import claim_transaction
-from async_jobs.conf import jobs_database
+from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.models import Job
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
-from async_jobs.timeouts import time_limit
+from async_jobs.timeouts import Interruption, time_limit
 from async_jobs.validation import check_stored
 
 logger = logging.getLogger("async_jobs")
@@ -74,6 +82,19 @@ class WorkerDied(Exception):
     """The worker running an attempt died before it could record it."""
 
 
+class WorkerLost(Exception):
+    """A non-atomic job's worker stopped renewing its lease; it was rescued."""
+
+
+class LeaseLost(KeyboardInterrupt):
+    """A non-atomic job's lease was taken over while it ran: it is stopped,
+    and its worker records nothing (the job is another worker's now)."""
+
+
+class CancelledWhileRunning(KeyboardInterrupt):
+    """``cancel()`` asked the worker of a running non-atomic job to stop it."""
+
+
 @dataclass(frozen=True)
 class LostAttempt:
     """An attempt that started but whose record was lost with its transaction."""
@@ -104,6 +125,7 @@ class Outcome:
     SUCCEEDED = "succeeded"
     RETRY = "retry"
     FAILED = "failed"
+    CANCELLED = "cancelled"
 
     job: Job
     status: str
@@ -133,11 +155,12 @@ def worker_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def call(job: Job) -> Any:
+def call(job: Job, interruption: Interruption | None = None) -> Any:
     """Call the job's function; a coroutine function is run to completion.
 
     A job that names a wrapped function (a ``Task`` of Django's tasks
     framework) is called as its wrapper says (``hooks.Wrapper``).
+    ``interruption`` lets another thread stop it (a non-atomic job's heartbeat).
     """
     function = resolve(job.name)
     wrapper = hooks.wrapper_of(function)
@@ -145,7 +168,7 @@ def call(job: Job) -> Any:
         function = wrapper.runner(job, function)
     elif inspect.iscoroutinefunction(function):
         function = async_to_sync(function)
-    with _running(job), time_limit(job.meta.get("timeout")):
+    with _running(job), time_limit(job.meta.get("timeout"), interruption):
         return function(*job.args, **job.kwargs)
 
 
@@ -220,9 +243,8 @@ def _settled(jobs: list[Job], using: str) -> bool:
     return True
 
 
-def _attempt(
-    job: Job, using: str, starting: Callable[[Job], None] | None = None
-) -> Outcome:
+def _begin(job: Job, starting: Callable[[Job], None] | None) -> None:
+    """Count an attempt that starts now, and log who runs it."""
     job.attempts += 1
     job.started = timezone.now()
     job.attempt_log = [
@@ -231,6 +253,12 @@ def _attempt(
     ]
     if starting is not None:
         starting(job)
+
+
+def _attempt(
+    job: Job, using: str, starting: Callable[[Job], None] | None = None
+) -> Outcome:
+    _begin(job, starting)
     began = time.monotonic()
     try:
         check_stored(job)
@@ -313,18 +341,25 @@ def charge(lost: LostAttempt, using: str, error: Exception) -> Outcome | None:
         job = (
             Job.objects.using(using).select_for_update().filter(pk=lost.job_id).first()
         )
-        if (
-            job is None
-            or job.status != Job.Status.PENDING
-            or job.attempts != lost.attempt - 1
-        ):
+        if job is None:
             return None
-        job.attempts = lost.attempt
-        job.started = lost.started
-        job.attempt_log = [
-            *job.attempt_log,
-            {"worker": lost.worker, "started": lost.started.isoformat()},
-        ]
+        if (
+            job.status == Job.Status.RUNNING
+            and job.worker == lost.worker
+            and job.attempts == lost.attempt
+        ):
+            # A non-atomic job whose claim committed: its worker, the lease
+            # holder, is dead, so it is rescued now rather than at lease expiry.
+            pass
+        elif job.status != Job.Status.PENDING or job.attempts != lost.attempt - 1:
+            return None
+        else:
+            job.attempts = lost.attempt
+            job.started = lost.started
+            job.attempt_log = [
+                *job.attempt_log,
+                {"worker": lost.worker, "started": lost.started.isoformat()},
+            ]
         job.record_failure(using, error)
         if job.status != Job.Status.PENDING:
             _settle([job], using)
@@ -339,6 +374,14 @@ def _finished(outcome: Outcome) -> None:
     job = outcome.job
     if outcome.exception is None:
         logger.info("Job %s %s succeeded in %.3fs", job.pk, job.name, outcome.duration)
+    elif outcome.status == Outcome.CANCELLED:
+        logger.warning(
+            "Job %s %s was cancelled while running, on attempt %s, after %.3fs",
+            job.pk,
+            job.name,
+            job.attempts,
+            outcome.duration,
+        )
     else:
         then = (
             "failed for good"
@@ -376,3 +419,185 @@ def execute_now(job: Job) -> Any:
     if outcome.exception is not None:
         raise outcome.exception
     return locked.result
+
+
+# Non-atomic jobs ----------------------------------------------------------
+
+
+def start_non_atomic(
+    job: Job, using: str, starting: Callable[[Job], None] | None = None
+) -> None:
+    """Claim a non-atomic job whose row the current transaction locked.
+
+    Counts the attempt and writes it ``running``, held by this worker for
+    ``ASYNC_JOBS["LEASE"]`` seconds; the caller then commits, and runs it
+    with ``run_non_atomic()``.
+    """
+    _begin(job, starting)
+    job.start_lease(using, worker_id(), jobs_settings().lease)
+
+
+class Heartbeat(threading.Thread):
+    """Renews a running non-atomic job's lease, every third of it, on a
+    connection of its own (Django gives each thread one; closed at the end).
+
+    If the lease was taken over, or ``cancel()`` asks the job to stop, the job
+    is interrupted (as a timeout interrupts it) with ``LeaseLost`` or
+    ``CancelledWhileRunning``.
+    """
+
+    def __init__(
+        self, job: Job, using: str, lease: float, interruption: Interruption
+    ) -> None:
+        super().__init__(name=f"async_jobs heartbeat of job {job.pk}", daemon=True)
+        self.job, self.using, self.lease = job, using, lease
+        self.interruption = interruption
+        self.done = threading.Event()
+
+    def run(self) -> None:
+        try:
+            while not self.done.wait(self.lease / 3):
+                try:
+                    state = self.job.renew_lease(self.using, self.lease)
+                except DatabaseError as error:
+                    # Tried again next beat; the lease lasts three of them.
+                    logger.warning(
+                        "Job %s: could not renew its lease: %s", self.job.pk, error
+                    )
+                    connections[self.using].close_if_unusable_or_obsolete()
+                    continue
+                if state == "lost":
+                    self.interruption.interrupt(
+                        LeaseLost(
+                            f"the lease of attempt {self.job.attempts} was taken "
+                            "over by another worker"
+                        )
+                    )
+                    return
+                if state == "cancel":
+                    self.interruption.interrupt(
+                        CancelledWhileRunning(
+                            f"cancelled while running, on attempt {self.job.attempts}"
+                        )
+                    )
+                    return
+        finally:
+            connections[self.using].close()
+
+    def stop(self) -> None:
+        self.done.set()
+        self.join()
+
+
+def run_non_atomic(job: Job, using: str) -> Outcome | None:
+    """Run a non-atomic job claimed by ``start_non_atomic()``; record its outcome.
+
+    The function runs with no transaction open (autocommit: its writes commit
+    as it makes them), while a ``Heartbeat`` renews the lease. The outcome is
+    recorded in a short transaction fenced by the lease; None if the lease was
+    taken over, and nothing is recorded. ``WorkerAborted`` (a second stop
+    signal) is recorded as a failure, then raised again.
+    """
+    began = time.monotonic()
+    result: Any = None
+    exc: BaseException | None = None
+    permanent = False
+    try:
+        check_stored(job)
+    except (ValueError, ImportError) as error:
+        exc, permanent = error, isinstance(error, ValueError)
+    else:
+        interruption = Interruption()
+        heartbeat = Heartbeat(job, using, jobs_settings().lease, interruption)
+        heartbeat.start()
+        try:
+            job_started.send(sender=Job, job=job)
+            result = call(job, interruption)
+            check_json(result, "result")
+        except BaseException as error:  # whatever the job raised: recorded
+            exc = error
+        finally:
+            heartbeat.stop()
+    # The job may have closed or broken the connection: record on a new one.
+    connections[using].close_if_unusable_or_obsolete()
+    outcome = _record_non_atomic(
+        job, using, result, exc, permanent, time.monotonic() - began
+    )
+    if isinstance(exc, WorkerAborted):
+        raise exc
+    return outcome
+
+
+def _record_non_atomic(
+    job: Job,
+    using: str,
+    result: Any,
+    exc: BaseException | None,
+    permanent: bool,
+    duration: float,
+) -> Outcome | None:
+    with claim_transaction(using):
+        held = Job.objects.using(using).held(job)
+        if held is None:
+            logger.warning(
+                "Job %s %s: attempt %s lost its lease to another worker (it was "
+                "rescued); its outcome (%s) is not recorded.",
+                job.pk,
+                job.name,
+                job.attempts,
+                "succeeded" if exc is None else f"{type(exc).__name__}: {exc}",
+            )
+            return None
+        if isinstance(exc, CancelledWhileRunning):
+            held.record_cancelled(using, exc)
+            status = Outcome.CANCELLED
+        elif exc is not None:
+            held.record_failure(
+                using, exc, permanent=permanent or isinstance(exc, PERMANENT_ERRORS)
+            )
+            status = (
+                Outcome.FAILED if held.status == Job.Status.FAILED else Outcome.RETRY
+            )
+        else:
+            held.status = Job.Status.SUCCEEDED
+            held.result = result
+            held.finished = timezone.now()
+            held.record(using)
+            status = Outcome.SUCCEEDED
+        if held.status != Job.Status.PENDING:
+            _settle([held], using)
+        outcome = Outcome(held, status, duration, exc)
+        transaction.on_commit(lambda: _finished(outcome), using=using, robust=True)
+    return outcome
+
+
+def rescue_expired(using: str, limit: int = 100) -> list[Outcome]:
+    """Charge running jobs whose lease expired: their worker stopped renewing it
+    (killed, frozen, its machine lost). Each gets an ``Error`` (worker lost),
+    then a retry or ``failed``; its attempt was counted at its claim.
+
+    In the claim's transaction (locked ``FOR UPDATE SKIP LOCKED``); the
+    outcomes are logged and signalled once it commits.
+    """
+    jobs = Job.objects.using(using).lease_expired()
+    if connections[using].features.has_select_for_update_skip_locked:
+        jobs = jobs.select_for_update(skip_locked=True)
+    outcomes = []
+    for job in jobs.order_by("lease_expires", "pk")[:limit]:
+        heartbeat = job.heartbeat.isoformat() if job.heartbeat else "never"
+        error = WorkerLost(
+            f"worker lost: {job.worker} stopped renewing the lease of attempt "
+            f"{job.attempts} of {job.max_attempts} (last heartbeat {heartbeat})"
+        )
+        logger.error("Job %s %s: %s.", job.pk, job.name, error)
+        job.record_failure(using, error)
+        status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
+        outcomes.append(Outcome(job, status, 0.0, error))
+    _settle([o.job for o in outcomes if o.job.status != Job.Status.PENDING], using)
+    for outcome in outcomes:
+        transaction.on_commit(
+            lambda outcome=outcome: _finished(outcome),  # type: ignore[misc]
+            using=using,
+            robust=True,
+        )
+    return outcomes

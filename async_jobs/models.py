@@ -1,7 +1,8 @@
 """The jobs, their groups and errors; the queries callers ask about; every state change.
 
-A job's status changes only here: ``cancel()``, ``requeue()`` and the
-recording of an attempt's outcome (``record_failure()``,
+A job's status changes only here: ``cancel()``, ``requeue()``, the lease of a
+non-atomic job (``start_lease()``, ``renew_lease()``) and the recording of an
+attempt's outcome (``record_failure()``, ``record_cancelled()``,
 ``JobQuerySet.record_successes()``). What the scheduling features do when a
 job reaches a final status is reached through ``hooks.settled()``.
 """
@@ -48,6 +49,28 @@ class JobQuerySet(models.QuerySet):
         """Non-atomic jobs a worker holds the lease of (or held, until rescued)."""
         return self.filter(status=Job.Status.RUNNING)
 
+    def lease_expired(self, now: datetime | None = None) -> JobQuerySet:
+        """Running jobs whose worker stopped renewing their lease: to rescue."""
+        return self.running().filter(lease_expires__lt=now or timezone.now())
+
+    def held(self, job: Job) -> Job | None:
+        """Lock and return ``job``'s row if its worker still holds its lease.
+
+        The fence of a non-atomic job's outcome: the row must still be
+        ``running``, held by the same worker at the same attempt. None if the
+        lease was taken over (rescued, and perhaps run again since).
+        """
+        return (
+            self.select_for_update()
+            .filter(
+                pk=job.pk,
+                status=Job.Status.RUNNING,
+                worker=job.worker,
+                attempts=job.attempts,
+            )
+            .first()
+        )
+
     def finished(self) -> JobQuerySet:
         return self.filter(status__in=FINISHED)
 
@@ -60,10 +83,14 @@ class JobQuerySet(models.QuerySet):
 
         A job a worker is running right now is waited for (its row lock), then
         left alone unless it is pending again. The features are told in the
-        same transaction (a group may finish; a series ends).
+        same transaction (a group may finish; a series ends). A running
+        non-atomic job is asked to stop (``cancel_requested``): its worker
+        interrupts it within a heartbeat and records it ``cancelled``; it is
+        not among the jobs returned.
         """
         using = self.db
         with transaction.atomic(using=using):
+            self.running().filter(cancel_requested=False).update(cancel_requested=True)
             jobs = list(
                 self.pending()
                 .select_for_update()
@@ -126,6 +153,8 @@ _RECORDED_FIELDS = [
     "finished",
     "run_after",
 ]
+#: What a non-atomic job's lease adds to the record of its start and outcome.
+_LEASE_FIELDS = ["worker", "lease_expires", "heartbeat", "cancel_requested"]
 #: What a success changes (its status aside): written for a batch at once.
 _SUCCESS_FIELDS = ["result", "attempts", "attempt_log", "started", "finished"]
 
@@ -276,17 +305,33 @@ class Job(models.Model):
     # A template that shows a job (the admin's does) must never run it.
     do_not_call_in_templates = True
 
-    def cancel(self) -> None:
-        """Cancel this job; only a pending job can be cancelled.
+    @property
+    def atomic(self) -> bool:
+        """Whether it runs in the transaction that records it (``meta["atomic"]``,
+        else False in ``ASYNC_JOBS["NON_ATOMIC_QUEUES"]``, else True)."""
+        atomic = self.meta.get("atomic") if isinstance(self.meta, dict) else None
+        if isinstance(atomic, bool):
+            return atomic
+        return self.queue not in jobs_settings().non_atomic_queues
 
-        A job that a worker is running right now is waited for, then refused.
+    def cancel(self) -> None:
+        """Cancel this job: a pending job now, a running non-atomic job soon.
+
+        A pending job is ``cancelled`` when this returns. A running non-atomic
+        job is asked to stop (``cancel_requested``); its worker interrupts it
+        within a heartbeat and records it ``cancelled``, unless it finishes
+        first. An atomic job that a worker is running right now is waited
+        for, then refused; so is a finished job.
         """
         using = self._state.db or jobs_database()
         cancelled = Job.objects.using(using).filter(pk=self.pk).cancel()
         if not cancelled:
-            self.refresh_from_db(using=using, fields=["status"])
+            self.refresh_from_db(using=using, fields=["status", "cancel_requested"])
+            if self.status == Job.Status.RUNNING and self.cancel_requested:
+                return
             raise ValueError(
-                f"Job {self.pk} is {self.status}; only a pending job can be cancelled."
+                f"Job {self.pk} is {self.status}; only a pending job can be "
+                "cancelled (or a running non-atomic one, asked to stop)."
             )
         self.status, self.finished = cancelled[0].status, cancelled[0].finished
 
@@ -384,16 +429,56 @@ class Job(models.Model):
             .first()
         )
 
-    def record(self, using: str) -> None:
+    def start_lease(self, using: str, worker: str, lease: float) -> None:
+        """Write a non-atomic job's claim: ``running``, held by ``worker`` for
+        ``lease`` seconds, with the attempt (counted, started, logged) that the
+        caller has set on it. In the claim's transaction, which then commits."""
+        now = timezone.now()
+        self.status = Job.Status.RUNNING
+        self.worker = worker
+        self.heartbeat = now
+        self.lease_expires = now + timedelta(seconds=lease)
+        self.cancel_requested = False
+        self.record(using, leased=True)
+
+    def renew_lease(self, using: str, lease: float) -> str:
+        """Extend the lease of this running job, if its worker still holds it.
+
+        Fenced as its outcome is (status, worker, attempt). Returns ``"held"``,
+        ``"cancel"`` (held, and ``cancel()`` asked it to stop) or ``"lost"``.
+        Runs in autocommit: each statement commits at once.
+        """
+        now = timezone.now()
+        mine = Job.objects.using(using).filter(
+            pk=self.pk,
+            status=Job.Status.RUNNING,
+            worker=self.worker,
+            attempts=self.attempts,
+        )
+        if not mine.update(lease_expires=now + timedelta(seconds=lease), heartbeat=now):
+            return "lost"
+        if mine.filter(cancel_requested=True).exists():
+            return "cancel"
+        return "held"
+
+    def record(self, using: str, *, leased: bool | None = None) -> None:
         """Write an attempt's outcome to the job's row with one UPDATE.
 
         Built by hand rather than by ``save()``: it is the worker's one
         statement per job, and the ORM's work to compile it took as long as the
         round trip. (So no ``pre_save``/``post_save``: ``job_finished`` tells.)
+        The outcome of a non-atomic job (one with a lease) also ends its lease;
+        ``leased`` True writes the lease as it is (its start).
         """
+        names = _RECORDED_FIELDS
+        if leased is None and self.lease_expires is not None:
+            self.lease_expires, self.cancel_requested = None, False
+            leased = True
+        if leased:
+            names = _RECORDED_FIELDS + _LEASE_FIELDS
         connection = connections[using]
         quote = connection.ops.quote_name
-        fields = [cast(Field, Job._meta.get_field(name)) for name in _RECORDED_FIELDS]
+        fields = [cast(Field, Job._meta.get_field(name)) for name in names]
         assignments = ", ".join(
             f"{quote(cast(str, field.column))} = %s" for field in fields
         )
@@ -432,6 +517,22 @@ class Job(models.Model):
         else:
             self.status = Job.Status.PENDING
             self.run_after = now + retry_delay(self.attempts, jobs_settings())
+        self.record(using)
+
+    def record_cancelled(self, using: str, exc: BaseException) -> None:
+        """Record a running non-atomic job that ``cancel()`` stopped: an
+        ``Error`` row saying so (its history), then ``cancelled``."""
+        now = timezone.now()
+        Error.objects.using(using).create(
+            job=self,
+            attempt=self.attempts,
+            exception=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
+            traceback="".join(traceback.format_exception(exc)),
+            occurred=now,
+        )
+        self.result = None
+        self.status = Job.Status.CANCELLED
+        self.finished = now
         self.record(using)
 
 

@@ -51,44 +51,77 @@ def can_time_out() -> bool:
     )
 
 
+class Interruption:
+    """Raise an exception in the main thread, from any thread, while armed.
+
+    ``time_limit()`` arms it around a job; a non-atomic job's heartbeat uses
+    it to stop the job whose lease was lost or which was cancelled.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.armed = False
+        self.pending: BaseException | None = None
+
+    def interrupt(self, exc: BaseException) -> bool:
+        """Raise ``exc`` in the main thread's job; False if none is armed."""
+        with self.lock:
+            if not self.armed or self.pending is not None:
+                return False
+            assert TIMEOUT_SIGNAL is not None  # armed only where it exists
+            main = threading.main_thread().ident
+            assert main is not None
+            self.pending = exc
+            signal.pthread_kill(main, TIMEOUT_SIGNAL)
+            return True
+
+
 @contextmanager
-def time_limit(seconds: float | None) -> Iterator[None]:
-    """Raise ``JobTimeout`` in this block once ``seconds`` have passed."""
-    if seconds is None or not can_time_out():
+def time_limit(
+    seconds: float | None, interruption: Interruption | None = None
+) -> Iterator[None]:
+    """Raise ``JobTimeout`` in this block once ``seconds`` have passed, and what
+    ``interruption.interrupt()`` is given, from another thread, until it ends."""
+    if (seconds is None and interruption is None) or not can_time_out():
         yield
         return
     assert TIMEOUT_SIGNAL is not None
-    main = threading.main_thread().ident
-    assert main is not None
-    # The signal is only sent under ``lock`` while ``armed``: once the block
-    # has disarmed it, none is sent, and one sent before but not yet handled
-    # is drained before the previous handler is put back (SIG_DFL would end
-    # the process).
-    lock, armed = threading.Lock(), [True]
+    # The signal is only sent under the lock while armed: once the block has
+    # disarmed it, none is sent, and one sent before but not yet handled is
+    # drained before the previous handler is put back (SIG_DFL would end the
+    # process).
+    interrupts = interruption or Interruption()
 
     def expire(signum: int, frame: object) -> None:
-        if armed[0]:
-            armed[0] = False
-            raise JobTimeout(f"the job ran longer than its timeout of {seconds}s")
+        with interrupts.lock:
+            exc, interrupts.pending = interrupts.pending, None
+            if exc is not None:
+                interrupts.armed = False
+        if exc is not None:
+            raise exc
 
     def fire() -> None:
-        with lock:
-            if armed[0]:
-                signal.pthread_kill(main, TIMEOUT_SIGNAL)
+        interrupts.interrupt(
+            JobTimeout(f"the job ran longer than its timeout of {seconds}s")
+        )
 
     previous = signal.signal(TIMEOUT_SIGNAL, expire)
-    watchdog = threading.Timer(seconds, fire)
-    watchdog.daemon = True
-    watchdog.start()
+    with interrupts.lock:
+        interrupts.armed, interrupts.pending = True, None
+    watchdog = None if seconds is None else threading.Timer(seconds, fire)
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
     try:
         yield
     finally:
         try:
-            with lock:
-                armed[0] = False
+            with interrupts.lock:
+                interrupts.armed, interrupts.pending = False, None
         finally:
-            watchdog.cancel()
-            watchdog.join()
+            if watchdog is not None:
+                watchdog.cancel()
+                watchdog.join()
             _restore(TIMEOUT_SIGNAL, previous)
 
 

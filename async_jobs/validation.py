@@ -82,6 +82,11 @@ META_KEYS = {
         "(set by that backend)"
     ),
     "traceparent": TRACEPARENT_RULE,
+    "atomic": (
+        "a bool: True runs the job inside the transaction that records it, False "
+        "runs it with no transaction open, under a lease (long jobs; default "
+        "True, or False in ASYNC_JOBS['NON_ATOMIC_QUEUES'])"
+    ),
 }
 
 #: Controls that can't be combined, and why.
@@ -147,6 +152,8 @@ def _check_meta(
         isinstance(meta["task_backend"], str) and meta["task_backend"]
     ):
         raise _meta_error("task_backend", meta["task_backend"])
+    if "atomic" in meta and not isinstance(meta["atomic"], bool):
+        raise _meta_error("atomic", meta["atomic"])
     if "traceparent" in meta and not is_traceparent(meta["traceparent"]):
         raise _meta_error("traceparent", meta["traceparent"])
     return _validate_scheduling_features(dict(meta), stored=stored)

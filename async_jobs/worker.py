@@ -4,6 +4,11 @@
 default) and a batch runs in one transaction, each job in a savepoint of its
 own (see ``claiming.py`` for the lock, ``execution.py`` for the bookkeeping).
 
+A non-atomic job (long jobs) is claimed alone: its claim commits it
+``running`` under a lease, then it runs with no transaction open, and its
+outcome is recorded in a transaction of its own. Before claiming, now and
+then, the worker rescues the running jobs whose lease expired.
+
 ``run()`` stops when nothing is due. ``loop()`` then waits instead: for a
 notification (PostgreSQL, see ``notifications.py``), for the next
 ``run_after`` it knows of, or for its poll interval; and when the database
@@ -25,10 +30,12 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
+from itertools import takewhile
 
 from django.db import Error, close_old_connections, connections
 
-from async_jobs.claiming import claim, claim_transaction
+from async_jobs.claiming import claim, claim_transaction, worth_claiming
+from async_jobs.conf import jobs_settings
 from async_jobs.execution import (
     AttemptLost,
     LostAttempt,
@@ -36,7 +43,10 @@ from async_jobs.execution import (
     WorkerAborted,
     WorkerDied,
     charge,
+    rescue_expired,
     run_claimed_jobs,
+    run_non_atomic,
+    start_non_atomic,
 )
 from async_jobs.models import Job
 from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
@@ -49,6 +59,9 @@ BATCH_TIME_LIMIT = 1.0
 #: Pauses before reconnecting after a database failure: doubling, capped.
 RECONNECT_FIRST_PAUSE = 0.1
 RECONNECT_MAX_PAUSE = 10.0
+#: The longest a worker goes between two looks for expired leases (seconds);
+#: it looks every quarter of ``ASYNC_JOBS["LEASE"]`` if that is shorter.
+RESCUE_INTERVAL = 5.0
 
 
 __all__ = ["Worker", "WorkerAborted", "stop_on_signals", "summary", "what_failed"]
@@ -90,6 +103,7 @@ class Worker:
     # when it last looked for due jobs, and the socket pair a stop request wakes.
     due_times: list[float] = field(default_factory=list)
     last_claim: float = -math.inf
+    last_rescue: float = -math.inf
     _waker: tuple[socket.socket, socket.socket] | None = None
 
     @property
@@ -129,17 +143,31 @@ class Worker:
             limit = min(limit, self.max_jobs - self.processed)
         self._pay_owed()
         self.last_claim = time.monotonic()
+        if not worth_claiming(self.using, self.queues):
+            return False  # SQLite: nothing due, so no write lock taken
+        long_job: Job | None = None
         try:
             with claim_transaction(self.using):
                 if self.stop_requested:
                     # Asked while waiting for SQLite's write lock, which keeps a
                     # signal handler from running until it is granted.
                     return False
+                self._rescue()
                 jobs = claim(self.using, self.queues, limit)
-                # Claimed jobs the batch stops before are released, untouched.
-                outcomes = run_claimed_jobs(
-                    jobs, self.using, self._batch_may_continue, self.on_attempt
-                )
+                # Atomic jobs run here; a non-atomic job alone, after its claim
+                # commits. Claimed jobs the batch stops before are released.
+                atomic_jobs = list(takewhile(lambda job: job.atomic, jobs))
+                if jobs and not atomic_jobs:
+                    long_job = jobs[0]
+                    start_non_atomic(long_job, self.using, self.on_attempt)
+                    outcomes = []
+                else:
+                    outcomes = run_claimed_jobs(
+                        atomic_jobs,
+                        self.using,
+                        self._batch_may_continue,
+                        self.on_attempt,
+                    )
         except AttemptLost as lost:
             # The whole batch rolled back; the attempt that lost it is charged.
             self.owed.append(lost.lost)
@@ -150,7 +178,22 @@ class Worker:
             return True
         for outcome in outcomes:
             self._count(outcome)
+        if long_job is not None:
+            recorded = run_non_atomic(long_job, self.using)
+            if recorded is not None:  # None: its lease was taken over
+                self._count(recorded)
         return bool(jobs)
+
+    def _rescue(self) -> None:
+        """Now and then, in the claim's transaction: charge the running jobs
+        whose lease expired (their worker is gone), so they run again."""
+        now = time.monotonic()
+        if now - self.last_rescue < min(RESCUE_INTERVAL, jobs_settings().lease / 4):
+            return
+        self.last_rescue = now
+        for outcome in rescue_expired(self.using):
+            if outcome.status == Outcome.RETRY:
+                self._expect(outcome.job.run_after.timestamp() - time.time())
 
     def _pay_owed(self) -> None:
         """Record the attempts whose transaction was lost (a DatabaseError if the
@@ -312,6 +355,8 @@ def summary(counts: Counter, elapsed: float, *, stopped: bool) -> str:
             (Outcome.FAILED, "failed"),
         )
     )
+    if counts[Outcome.CANCELLED]:
+        parts += f", {counts[Outcome.CANCELLED]} cancelled while running"
     jobs = "job" if counts.total() == 1 else "jobs"
     stopped_by = " (stopped by signal)" if stopped else ""
     return f"Ran {counts.total()} {jobs} in {elapsed:.2f}s: {parts}{stopped_by}."

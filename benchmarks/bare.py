@@ -15,8 +15,10 @@ from datetime import UTC, datetime
 
 JOB_INSERT = (
     "INSERT INTO async_jobs_job (name, args, kwargs, meta, queue, priority, "
-    "status, run_after, created, attempts, attempt_log, max_attempts) "
-    "VALUES (%s, %s, %s, %s, 'default', 0, 'pending', %s, %s, 0, '[]', 3)"
+    "status, run_after, created, attempts, attempt_log, max_attempts, worker, "
+    "cancel_requested) "
+    "VALUES (%s, %s, %s, %s, 'default', 0, 'pending', %s, %s, 0, '[]', 3, '', "
+    "false)"
 )
 CLAIM = (
     "SELECT id, args FROM async_jobs_job WHERE status = 'pending' "

@@ -230,16 +230,24 @@ def wait_until_done(timeout: float = 600) -> None:
     from async_jobs import Job
 
     deadline = time.monotonic() + timeout
-    while Job.objects.filter(status=Job.Status.PENDING).exists():
+    while Job.objects.filter(
+        status__in=[Job.Status.PENDING, Job.Status.RUNNING]
+    ).exists():
         if time.monotonic() > deadline:
             raise RuntimeError("the workers did not finish in time")
         time.sleep(0.05)
 
 
 def worker_rate(
-    kind: str, jobs: int, workers: int, options: list[str], tmp: Path
+    kind: str,
+    jobs: int,
+    workers: int,
+    options: list[str],
+    tmp: Path,
+    meta: dict | None = None,
 ) -> float:
-    """Jobs/s of real workers draining a backlog committed at once."""
+    """Jobs/s of real workers draining a backlog committed at once
+    (``meta={"atomic": False}``: of non-atomic jobs)."""
     from django.db.models import Max, Min
 
     from async_jobs import Job, schedule_many
@@ -248,7 +256,8 @@ def worker_rate(
     running = start_workers(workers, *options, log_dir=tmp)
     try:
         schedule_many(
-            {"function": name, "args": args} for name, args in calls(kind, jobs, "w")
+            {"function": name, "args": args, "meta": meta or {}}
+            for name, args in calls(kind, jobs, "w")
         )
         wait_until_done()
     finally:
@@ -281,6 +290,9 @@ def drain(kind: str, jobs: int, rounds: int, bare, sleep: str, tmp) -> list[Figu
         "one": lambda: worker_rate(kind, jobs, 1, loop, tmp),
         "two": lambda: worker_rate(kind, jobs, 2, loop, tmp),
         "batched": lambda: worker_rate(kind, jobs, 1, [*loop, "--batch", BATCH], tmp),
+        "non-atomic": lambda: worker_rate(
+            kind, jobs, 1, loop, tmp, meta={"atomic": False}
+        ),
         "bare one": lambda: bare_rate(kind, jobs, bare, 1),
         "bare hundred": lambda: bare_rate(kind, jobs, bare, 100),
     }
@@ -301,6 +313,10 @@ def drain(kind: str, jobs: int, rounds: int, bare, sleep: str, tmp) -> list[Figu
             f"drain, 1 worker, --batch {BATCH} vs bare loop, 100 per transaction",
             kind, best["batched"], best["bare hundred"], "jobs/s",
             minimum=0.4 if kind == "insert" else None,
+        ),
+        compare(
+            "drain, 1 worker, non-atomic (long-job mode) vs atomic",
+            kind, best["non-atomic"], best["one"], "jobs/s",
         ),
     ]  # fmt: skip
 

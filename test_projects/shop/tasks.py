@@ -376,3 +376,25 @@ def take_sigalrm_then_sleep(label: str, seconds: float) -> str:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)  # its own, cleared however it ends
     return label
+
+
+def long_job(label: str, started: str, seconds: float) -> str:
+    """A long job for the non-atomic mode: write a Mark (it commits at once),
+    say where it runs in ``started`` (the worker's pid, then its PostgreSQL
+    backend's), then work for ``seconds``, in small sleeps. The Mark is
+    labelled with the attempt: a non-atomic job may run more than once."""
+    running = current_job()
+    Mark.objects.create(label=f"{label}#{running.attempts if running else 0}")
+    aside = Path(f"{started}.tmp")
+    aside.write_text(f"{os.getpid()} {backend_pid() or ''}")
+    aside.rename(started)
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        time.sleep(min(0.05, max(0.0, deadline - time.monotonic())))
+    return label
+
+
+@job(atomic=False)
+def long_by_default(label: str) -> str:
+    Mark.objects.create(label=label)
+    return label
