@@ -27,6 +27,7 @@ from django.db.backends.base.base import BaseDatabaseWrapper
 from django.utils import timezone
 
 from async_jobs.models import Job
+from async_jobs.transaction_internals import runs_statements_together, savepoint_sql
 
 #: How long a SQLite worker waits for the write lock before asking again (ms).
 SQLITE_LOCK_WAIT_MS = 24 * 60 * 60 * 1000
@@ -74,19 +75,30 @@ def _take_sqlite_write_lock(connection: BaseDatabaseWrapper) -> None:
         )
 
 
-def claim(using: str, queues: Sequence[str] = (), limit: int = 1) -> list[Job]:
+def claim(
+    using: str, queues: Sequence[str] = (), limit: int = 1, savepoint: bool = False
+) -> list[Job]:
     """Lock and return up to ``limit`` due jobs, best first.
 
-    Must run inside ``claim_transaction()``: the lock ends with it.
+    Must run inside ``claim_transaction()``: the lock ends with it. With
+    ``savepoint``, also set the first job's savepoint (see
+    ``transaction_internals.py``): on PostgreSQL in the claim's own round trip
+    where the driver allows it.
     """
     connection = connections[using]
     now = timezone.now()
     if connection.vendor == "postgresql":
-        return _claim_on_postgresql(using, queues, limit, now)
-    jobs = Job.objects.using(using).due(now).in_queues(queues)
-    if connection.features.has_select_for_update_skip_locked:
-        jobs = jobs.select_for_update(skip_locked=True)
-    return list(jobs.order_by("-priority", "run_after", "id")[:limit])
+        jobs, set_together = _claim_on_postgresql(using, queues, limit, now, savepoint)
+    else:
+        found = Job.objects.using(using).due(now).in_queues(queues)
+        if connection.features.has_select_for_update_skip_locked:
+            found = found.select_for_update(skip_locked=True)
+        jobs = list(found.order_by("-priority", "run_after", "id")[:limit])
+        set_together = False
+    if savepoint and jobs and not set_together:
+        with connection.cursor() as cursor:
+            cursor.execute(savepoint_sql(connection))
+    return jobs
 
 
 # PostgreSQL: the claim is the function ``async_jobs_claim`` (see migration
@@ -95,14 +107,19 @@ _CLAIM = "SELECT {columns} FROM async_jobs_claim(%s::varchar[], %s, %s::integer)
 
 
 def _claim_on_postgresql(
-    using: str, queues: Sequence[str], limit: int, now: datetime
-) -> list[Job]:
+    using: str, queues: Sequence[str], limit: int, now: datetime, savepoint: bool
+) -> tuple[list[Job], bool]:
+    """The claimed jobs, and whether the savepoint was set with them."""
     connection = connections[using]
     reading = _rows_to_jobs(connection)
     with connection.cursor() as cursor:
-        cursor.execute(reading.query, [list(queues) or None, now, limit])
+        together = savepoint and runs_statements_together(cursor)
+        query = reading.query
+        if together:
+            query += f"; {savepoint_sql(connection)}"
+        cursor.execute(query, [list(queues) or None, now, limit])
         rows = cursor.fetchall()
-    return [reading.job(connection, row) for row in rows]
+    return [reading.job(connection, row) for row in rows], together
 
 
 class _RowsToJobs:

@@ -49,6 +49,7 @@ from async_jobs.models import Job
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
 from async_jobs.timeouts import Interruption, time_limit
+from async_jobs.transaction_internals import job_savepoint
 from async_jobs.validation import check_stored
 
 logger = logging.getLogger("async_jobs")
@@ -177,10 +178,13 @@ def run_claimed_jobs(
     using: str,
     keep_going: Callable[[], bool] = lambda: True,
     starting: Callable[[Job], None] | None = None,
+    savepoint_set: bool = False,
 ) -> list[Outcome]:
     """Run jobs whose rows the current transaction has locked; record them.
 
-    Each job runs in ``atomic()``. A failure is recorded at once; the
+    Each job runs in a savepoint of its own, as in ``atomic()``
+    (``transaction_internals.job_savepoint()``; ``savepoint_set``: the claim
+    set the first one). A failure is recorded at once; the
     successes together, by one UPDATE, before the transaction commits: a
     job's writes still commit exactly when its success does. Then the
     features are told of the jobs that won't run again, and each outcome is
@@ -193,10 +197,18 @@ def run_claimed_jobs(
     for job in jobs:
         if outcomes and not keep_going():
             break
-        outcomes.append(_attempt(job, using, starting))
-    Job.objects.using(using).record_successes(
-        [outcome.job for outcome in outcomes if outcome.status == Outcome.SUCCEEDED]
-    )
+        outcomes.append(_attempt(job, using, starting, savepoint_set and not outcomes))
+    try:
+        Job.objects.using(using).record_successes(
+            [o.job for o in outcomes if o.status == Outcome.SUCCEEDED]
+        )
+    except DatabaseError as error:
+        # The connection was lost while the last job ran (its savepoint is
+        # never released, so nothing told it sooner): that attempt is charged.
+        if outcomes and not connections[using].is_usable():
+            connections[using].needs_rollback = True
+            _check_transaction_kept(outcomes[-1].job, using, error)
+        raise
     _settle([o.job for o in outcomes if o.job.status != Job.Status.PENDING], using)
     for outcome in outcomes:
         # Robust: a faulty receiver is logged, and can't stop the worker's loop.
@@ -256,7 +268,10 @@ def _begin(job: Job, starting: Callable[[Job], None] | None) -> None:
 
 
 def _attempt(
-    job: Job, using: str, starting: Callable[[Job], None] | None = None
+    job: Job,
+    using: str,
+    starting: Callable[[Job], None] | None = None,
+    savepoint_set: bool = False,
 ) -> Outcome:
     _begin(job, starting)
     began = time.monotonic()
@@ -269,7 +284,7 @@ def _attempt(
         return Outcome(job, status, time.monotonic() - began, exc)
     returned = False
     try:
-        with transaction.atomic(using=using):
+        with job_savepoint(using, already_set=savepoint_set):
             job_started.send(sender=Job, job=job)
             result = call(job)
             check_json(result, "result")

@@ -31,7 +31,7 @@ from weakref import WeakKeyDictionary
 
 from django.db import DatabaseError, OperationalError, connections, transaction
 
-from async_jobs.commit_hooks import live_hooks
+from async_jobs.transaction_internals import live_hooks
 
 if TYPE_CHECKING:
     import psycopg
@@ -69,7 +69,7 @@ class _Announcement:
 
     def __init__(self, using: str, hooks: object) -> None:
         self.using = using
-        # Which transaction (and savepoint) it belongs to: see commit_hooks.py.
+        # Which transaction (and savepoint) it belongs to: see transaction_internals.py.
         self.hooks = hooks
         self.queues: set[str] = set()
         self.earliest: float = math.inf

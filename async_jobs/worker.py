@@ -153,7 +153,7 @@ class Worker:
                     # signal handler from running until it is granted.
                     return False
                 self._rescue()
-                jobs = claim(self.using, self.queues, limit)
+                jobs = claim(self.using, self.queues, limit, savepoint=True)
                 # Atomic jobs run here; a non-atomic job alone, after its claim
                 # commits. Claimed jobs the batch stops before are released.
                 atomic_jobs = list(takewhile(lambda job: job.atomic, jobs))
@@ -167,6 +167,7 @@ class Worker:
                         self.using,
                         self._batch_may_continue,
                         self.on_attempt,
+                        savepoint_set=True,
                     )
         except AttemptLost as lost:
             # The whole batch rolled back; the attempt that lost it is charged.
