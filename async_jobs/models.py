@@ -502,14 +502,7 @@ class Job(models.Model):
         worker can run the job between the failure and its record.
         ``permanent``: no retry could help; the job fails at once.
         """
-        now = timezone.now()
-        Error.objects.using(using).create(
-            job=self,
-            attempt=self.attempts,
-            exception=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
-            traceback="".join(traceback.format_exception(exc)),
-            occurred=now,
-        )
+        now = self._write_error(using, exc)
         self.result = None
         if self.attempts >= self.max_attempts or permanent:
             self.status = Job.Status.FAILED
@@ -519,9 +512,8 @@ class Job(models.Model):
             self.run_after = now + retry_delay(self.attempts, jobs_settings())
         self.record(using)
 
-    def record_cancelled(self, using: str, exc: BaseException) -> None:
-        """Record a running non-atomic job that ``cancel()`` stopped: an
-        ``Error`` row saying so (its history), then ``cancelled``."""
+    def _write_error(self, using: str, exc: BaseException) -> datetime:
+        """The attempt's ``Error`` row, naming ``exc``; returns when it occurred."""
         now = timezone.now()
         Error.objects.using(using).create(
             job=self,
@@ -530,6 +522,12 @@ class Job(models.Model):
             traceback="".join(traceback.format_exception(exc)),
             occurred=now,
         )
+        return now
+
+    def record_cancelled(self, using: str, exc: BaseException) -> None:
+        """Record a running non-atomic job that ``cancel()`` stopped: an
+        ``Error`` row saying so (its history), then ``cancelled``."""
+        now = self._write_error(using, exc)
         self.result = None
         self.status = Job.Status.CANCELLED
         self.finished = now
