@@ -30,6 +30,9 @@ import django
 BENCHMARKS = Path(__file__).resolve().parent
 MANAGE = BENCHMARKS.parent / "test_projects" / "manage.py"
 KINDS = ("no-op", "insert")
+#: The latency runs' job of each kind, in peerjobs/stamps.py and as a task of
+#: each peer.
+STAMPED = {"no-op": "noop", "insert": "record"}
 
 
 def calls(kind: str, count: int, tag: str) -> list[list]:
@@ -132,13 +135,10 @@ class AsyncJobs:
         times = Job.objects.aggregate(start=Min("started"), end=Max("finished"))
         return (times["end"] - times["start"]).total_seconds()
 
-    def started(self) -> dict:
-        from async_jobs import Job
+    def enqueue_stamped(self, kind: str, label: str):
+        from async_jobs import schedule
 
-        return {
-            pk: started.timestamp()
-            for pk, started in Job.objects.values_list("pk", "started")
-        }
+        schedule(f"peerjobs.stamps.{STAMPED[kind]}", args=[label])
 
 
 class Procrastinate:
@@ -193,13 +193,10 @@ class Procrastinate:
         )
         return float(seconds)
 
-    def started(self) -> dict:
-        return {
-            job_id: at.timestamp()
-            for job_id, at in cursor_query(
-                "SELECT job_id, at FROM procrastinate_events WHERE type = 'started'"
-            )
-        }
+    def enqueue_stamped(self, kind: str, label: str):
+        from peerjobs import tasks
+
+        getattr(tasks, f"{STAMPED[kind]}_stamped").defer(label=label)
 
 
 class TasksDB:
@@ -243,11 +240,10 @@ class TasksDB:
         times = results.aggregate(start=Min("started_at"), end=Max("finished_at"))
         return (times["end"] - times["start"]).total_seconds()
 
-    def started(self) -> dict:
-        return {
-            str(pk): started.timestamp()
-            for pk, started in self.model().objects.values_list("pk", "started_at")
-        }
+    def enqueue_stamped(self, kind: str, label: str):
+        from peerjobs import db_tasks
+
+        getattr(db_tasks, f"{STAMPED[kind]}_stamped").enqueue(label)
 
 
 SYSTEMS = {"procrastinate": Procrastinate, "django-tasks-db": TasksDB}
@@ -340,27 +336,36 @@ def drain_rate(system, kind: str, jobs: int, tmp: Path) -> float:
 
 
 def latencies(system, kind: str, samples: int, tmp: Path) -> list[float]:
-    """Commit-to-start with an idle worker, in ms, one job per transaction."""
+    """Commit-to-start with an idle worker, in ms, one job per transaction.
+
+    To the moment the job's function starts, as the job itself writes it
+    (``peerjobs/stamps.py``): the same point for every system.
+    """
     from django.db import transaction
+    from peerjobs.stamps import STAMPS
 
     clear()
     committed = {}
+    stamps = tmp / f"{system.name}-{time.monotonic_ns()}.stamps"
+    stamps.touch()
+    os.environ[STAMPS] = str(stamps)
     worker = system.start_worker(tmp / f"{system.name}-{time.monotonic_ns()}.log")
     try:
-        for args in calls(kind, samples, "l"):
+        for n in range(samples):
             time.sleep(random.uniform(0.02, 0.04))
             moment = []
+            label = f"l-{n}"
             with transaction.atomic():
                 # Registered first, so it runs first after the commit.
                 transaction.on_commit(lambda moment=moment: moment.append(time.time()))
-                job_id = system.enqueue(kind, args)
-            committed[job_id] = moment[0]
+                system.enqueue_stamped(kind, label)
+            committed[label] = moment[0]
         wait_for(system.done, f"{system.name}'s worker")
     finally:
         worker.stop()
-    started = system.started()
+    started = dict(line.split() for line in stamps.read_text().splitlines())
     clear()
-    return sorted((started[key] - at) * 1000 for key, at in committed.items())
+    return sorted((float(started[key]) - at) * 1000 for key, at in committed.items())
 
 
 def p95(values: list[float]) -> float:

@@ -13,8 +13,8 @@ reference, ``Job.objects.create()`` of the same row, it prints:
 * per call, with N calls one per transaction and N in one transaction: the
   wall time, and the CPU time of this process (Python, Django, psycopg: all
   but the waits on the server);
-* with ``--profile``, cProfile's top functions of ``schedule()`` in one
-  transaction.
+* with ``--profile``, cProfile's top functions of ``schedule()``, in one
+  transaction and one per transaction.
 
 A peer that is not installed is left out. ``run.py --peers`` makes
 ``.venv-bench``.
@@ -146,16 +146,25 @@ def measure(calls: int, profile: bool) -> None:
         print(f"{name:45}  {cells}")
     clear()
     if profile:
-        profiler = cProfile.Profile()
         schedule = ways["async_jobs schedule()"]
-        with transaction.atomic():
-            profiler.enable()
-            for _ in range(calls):
-                schedule()
-            profiler.disable()
-        clear()
-        print(f"\ncProfile of {calls} schedule() in one transaction:")
-        pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
+        for one in (True, False):
+            profiler = cProfile.Profile()
+            if one:
+                with transaction.atomic():
+                    profiler.enable()
+                    for _ in range(calls):
+                        schedule()
+                    profiler.disable()
+            else:
+                profiler.enable()
+                for _ in range(calls):
+                    with transaction.atomic():
+                        schedule()
+                profiler.disable()
+            clear()
+            where = "in one transaction" if one else "one per transaction"
+            print(f"\ncProfile of {calls} schedule() {where}:")
+            pstats.Stats(profiler).sort_stats("tottime").print_stats(25)
 
 
 def main() -> int:

@@ -7,6 +7,8 @@ except ImportError:  # Django 5.2: the django-tasks backport
 
 from shop.models import Mark
 
+from peerjobs import stamps
+
 
 @task(backend="db")
 def noop() -> None:
@@ -17,3 +19,13 @@ def noop() -> None:
 def record(label: str) -> str:
     Mark.objects.create(label=label)
     return label
+
+
+@task(backend="db")
+def noop_stamped(label: str) -> None:
+    stamps.noop(label)
+
+
+@task(backend="db")
+def record_stamped(label: str) -> str:
+    return stamps.record(label)
