@@ -24,6 +24,8 @@ from weakref import WeakKeyDictionary
 
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
 from async_jobs.models import Job
@@ -148,7 +150,15 @@ class _RowsToJobs:
         values = list(row)
         for index, function, column in self.converters:
             values[index] = function(values[index], column, connection)
-        return Job.from_db(connection.alias, self.attnames, values)
+        if pre_init.has_listeners(Job) or post_init.has_listeners(Job):
+            return Job.from_db(connection.alias, self.attnames, values)
+        # What from_db() makes, without Model.__init__()'s walk over the fields.
+        job = Job.__new__(Job)
+        job._state = ModelState()
+        job._state.adding = False
+        job._state.db = connection.alias
+        job.__dict__.update(zip(self.attnames, values, strict=True))
+        return job
 
 
 _readers: WeakKeyDictionary[BaseDatabaseWrapper, _RowsToJobs] = WeakKeyDictionary()

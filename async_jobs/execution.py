@@ -1,13 +1,13 @@
 """Running claimed jobs and recording what happened, atomically.
 
 The worker's transaction holds the row locks of its jobs (one, or a batch).
-Each job's function runs in ``transaction.atomic()``, a savepoint of that
-transaction:
+Each job's function runs in a savepoint of that transaction, as in
+``transaction.atomic()`` (``transaction_internals.job_savepoint()``):
 
 * it returns: the row is marked ``succeeded`` with its ``result`` (a batch's
-  successes by one UPDATE, before the commit) and the transaction commits
-  the job's writes and that marker together;
-* it raises: ``atomic()`` rolls its writes back, then an ``Error`` row and the
+  successes by one UPDATE, which may carry the commit) and the transaction
+  commits the job's writes and that marker together;
+* it raises: its writes are rolled back, then an ``Error`` row and the
   retry or ``failed`` status are written in the same transaction, still under
   the row lock, so no other worker can run the job between the failure and
   its record;
@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import Any
 
 from asgiref.sync import async_to_sync
@@ -153,7 +154,12 @@ def _running(job: Job) -> Iterator[None]:
 
 def worker_id() -> str:
     """Names this process in a job's ``attempt_log``: ``host:pid``."""
-    return f"{socket.gethostname()}:{os.getpid()}"
+    return _worker_id(os.getpid())  # a fork changes it
+
+
+@cache
+def _worker_id(pid: int) -> str:
+    return f"{socket.gethostname()}:{pid}"
 
 
 def call(job: Job, interruption: Interruption | None = None) -> Any:
@@ -179,28 +185,34 @@ def run_claimed_jobs(
     keep_going: Callable[[], bool] = lambda: True,
     starting: Callable[[Job], None] | None = None,
     savepoint_set: bool = False,
+    commit: bool = False,
 ) -> list[Outcome]:
     """Run jobs whose rows the current transaction has locked; record them.
 
     Each job runs in a savepoint of its own, as in ``atomic()``
     (``transaction_internals.job_savepoint()``; ``savepoint_set``: the claim
     set the first one). A failure is recorded at once; the
-    successes together, by one UPDATE, before the transaction commits: a
+    successes together, by one UPDATE, last or just before the commit: a
     job's writes still commit exactly when its success does. Then the
     features are told of the jobs that won't run again, and each outcome is
     logged and signalled once it has committed. ``keep_going()`` is asked
     before each job after the first; ``starting(job)`` is told of each
     attempt just before it starts (a supervisor charges it if this process
-    dies).
+    dies). ``commit``: the transaction is the worker's own, and the successes'
+    UPDATE may commit it when nothing else is left to write.
     """
     outcomes: list[Outcome] = []
     for job in jobs:
         if outcomes and not keep_going():
             break
         outcomes.append(_attempt(job, using, starting, savepoint_set and not outcomes))
+    concerned = hooks.concerned(
+        [o.job for o in outcomes if o.job.status != Job.Status.PENDING]
+    )
     try:
         Job.objects.using(using).record_successes(
-            [o.job for o in outcomes if o.status == Outcome.SUCCEEDED]
+            [o.job for o in outcomes if o.status == Outcome.SUCCEEDED],
+            commit=commit and not concerned,
         )
     except DatabaseError as error:
         # The connection was lost while the last job ran (its savepoint is
@@ -209,7 +221,7 @@ def run_claimed_jobs(
             connections[using].needs_rollback = True
             _check_transaction_kept(outcomes[-1].job, using, error)
         raise
-    _settle([o.job for o in outcomes if o.job.status != Job.Status.PENDING], using)
+    _tell(concerned, using)
     for outcome in outcomes:
         # Robust: a faulty receiver is logged, and can't stop the worker's loop.
         # (mypy can't infer a lambda whose argument has a default.)
@@ -229,7 +241,11 @@ def _settle(jobs: list[Job], using: str) -> None:
     computed) must not undo the outcomes, nor stop the worker. If it fails,
     job by job, so that only the job at fault misses what follows it.
     """
-    jobs = hooks.concerned(jobs)
+    _tell(hooks.concerned(jobs), using)
+
+
+def _tell(jobs: list[Job], using: str) -> None:
+    """``_settle()`` for jobs ``hooks.concerned()`` returned."""
     if not jobs or _settled(jobs, using) or len(jobs) == 1:
         return
     for job in jobs:

@@ -25,6 +25,7 @@ from django.utils import timezone
 from async_jobs import hooks
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
 from async_jobs.notifications import notify_on_commit
+from async_jobs.transaction_internals import committing
 
 #: ``run_after`` of a group's completion job while its group has not finished.
 HELD = datetime(9999, 1, 1, tzinfo=dt_timezone.utc)
@@ -107,16 +108,17 @@ class JobQuerySet(models.QuerySet):
                 hooks.settled(jobs, using)
         return jobs
 
-    def record_successes(self, jobs: Sequence[Job]) -> None:
+    def record_successes(self, jobs: Sequence[Job], *, commit: bool = False) -> None:
         """Write the outcome of attempts that succeeded.
 
         On PostgreSQL a batch's successes are written by one ``UPDATE ... FROM
-        (VALUES ...)``.
+        (VALUES ...)``. ``commit``: it is the last statement of the worker's
+        transaction, and may carry its ``COMMIT`` (``committing()``).
         """
         connection = connections[self.db]
         if len(jobs) < 2 or connection.vendor != "postgresql":
-            for job in jobs:
-                job.record(self.db)
+            for index, job in enumerate(jobs, 1):
+                job.record(self.db, commit=commit and index == len(jobs))
             return
         quote = connection.ops.quote_name
         table, pk = quote(Job._meta.db_table), quote(Job._meta.pk.column)
@@ -134,13 +136,15 @@ class JobQuerySet(models.QuerySet):
                 field.get_db_prep_save(getattr(job, field.attname), connection)
                 for field in fields
             ]
+        sql = (
+            f"UPDATE {table} SET {quote('status')} = %s, {assignments} "
+            f"FROM (VALUES {', '.join([row] * len(jobs))}) "
+            f"AS v({pk}, {', '.join(columns)}) WHERE {table}.{pk} = v.{pk}"
+        )
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {table} SET {quote('status')} = %s, {assignments} "
-                f"FROM (VALUES {', '.join([row] * len(jobs))}) "
-                f"AS v({pk}, {', '.join(columns)}) WHERE {table}.{pk} = v.{pk}",
-                values,
-            )
+            if commit:
+                sql = committing(connection, cursor, sql)
+            cursor.execute(sql, values)
 
 
 #: What recording an attempt writes.
@@ -461,14 +465,17 @@ class Job(models.Model):
             return "cancel"
         return "held"
 
-    def record(self, using: str, *, leased: bool | None = None) -> None:
+    def record(
+        self, using: str, *, leased: bool | None = None, commit: bool = False
+    ) -> None:
         """Write an attempt's outcome to the job's row with one UPDATE.
 
         Built by hand rather than by ``save()``: it is the worker's one
         statement per job, and the ORM's work to compile it took as long as the
         round trip. (So no ``pre_save``/``post_save``: ``job_finished`` tells.)
         The outcome of a non-atomic job (one with a lease) also ends its lease;
-        ``leased`` True writes the lease as it is (its start).
+        ``leased`` True writes the lease as it is (its start). ``commit``: see
+        ``JobQuerySet.record_successes()``.
         """
         names = _RECORDED_FIELDS
         if leased is None and self.lease_expires is not None:
@@ -486,12 +493,14 @@ class Job(models.Model):
             field.get_db_prep_save(getattr(self, field.attname), connection)
             for field in fields
         ]
+        sql = (
+            f"UPDATE {quote(Job._meta.db_table)} SET {assignments} "
+            f"WHERE {quote(Job._meta.pk.column)} = %s"
+        )
         with connection.cursor() as cursor:
-            cursor.execute(
-                f"UPDATE {quote(Job._meta.db_table)} SET {assignments} "
-                f"WHERE {quote(Job._meta.pk.column)} = %s",
-                [*values, self.pk],
-            )
+            if commit:
+                sql = committing(connection, cursor, sql)
+            cursor.execute(sql, [*values, self.pk])
 
     def record_failure(
         self, using: str, exc: BaseException, *, permanent: bool = False

@@ -168,6 +168,7 @@ class Worker:
                         self._batch_may_continue,
                         self.on_attempt,
                         savepoint_set=True,
+                        commit=True,
                     )
         except AttemptLost as lost:
             # The whole batch rolled back; the attempt that lost it is charged.

@@ -28,7 +28,6 @@ import os
 import pstats
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -62,28 +61,13 @@ def enqueuers() -> dict:
 
 def trace(work) -> list[str]:
     """The frontend messages libpq sends while ``work()`` runs: type and text."""
-    from django.db import connection
+    from libpq_trace import frontend_messages
 
-    connection.ensure_connection()
-    pgconn = connection.connection.pgconn
-    with tempfile.TemporaryFile("w+") as out:
-        pgconn.trace(out.fileno())
-        try:
-            work()
-        finally:
-            pgconn.untrace()
-        out.seek(0)
-        lines = out.read().splitlines()
-    messages = []
-    for line in lines:
-        fields = line.split("\t")
-        # "F <length> <type> <content...>" (with a timestamp first, or not).
-        if "F" in fields[:2]:
-            at = fields.index("F")
-            kind, *text = " ".join(fields[at + 2 :]).split(None, 1)
-            if kind in ("Query", "Parse", "Sync"):
-                messages.append(f"{kind} {' '.join(text)[:100]}".rstrip())
-    return messages
+    return [
+        f"{kind} {text[:100]}".rstrip()
+        for kind, text in frontend_messages(work)
+        if kind in ("Query", "Parse", "Sync")
+    ]
 
 
 def per_call(work, calls: int, one_transaction: bool) -> tuple[float, float]:

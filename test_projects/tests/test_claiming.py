@@ -5,9 +5,12 @@ import time
 
 import pytest
 from django.db import connection
+from libpq_trace import frontend_messages
+from shop.models import Mark
 
 from async_jobs import Job, schedule, schedule_many
 from async_jobs.claiming import claim, claim_transaction
+from async_jobs.models import HELD
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -137,26 +140,58 @@ def test_a_database_made_without_migrations_gets_the_claim_function(postgres_onl
             cursor.execute(CLAIM_FUNCTION_SQL.read_text())
 
 
-def test_a_job_costs_the_worker_two_statements_besides_begin_and_commit(
-    postgres_only,
-):
-    # The claim carries the job's savepoint (psycopg 3's client-side cursor,
-    # Django's default); no savepoint is released; one UPDATE records it;
-    # nothing for features the job doesn't concern. (transaction_internals.py)
-    from django.test.utils import CaptureQueriesContext
+def _frontend_queries(work) -> list[str]:
+    """The queries libpq sends on Django's connection while ``work()`` runs,
+    one round trip each (none sent with the extended protocol)."""
+    messages = frontend_messages(work)
+    assert not [text for kind, text in messages if kind == "Parse"], messages
+    # Traced "quoted".
+    return [text[1:-1] for kind, text in messages if kind == "Query"]
 
+
+def test_a_job_costs_the_worker_three_round_trips(postgres_only):
+    # BEGIN; the claim with the job's savepoint (psycopg 3's client-side
+    # cursor, Django's default); the job's own statement; the UPDATE recording
+    # it with the COMMIT. No
+    # savepoint released, nothing for features the job doesn't concern.
+    # (transaction_internals.py)
     from async_jobs.worker import Worker
 
-    schedule("shop.tasks.noop")
-
+    job = schedule("shop.tasks.record", args=["traced"])
     worker = Worker("default", max_jobs=1)
     worker.last_rescue = time.monotonic()  # no look for expired leases now
-    with CaptureQueriesContext(connection) as queries:
-        worker.run()
 
-    statements = [q["sql"] for q in queries if q["sql"] not in ("BEGIN", "COMMIT")]
-    assert len(statements) == 2, statements
-    claim_sql, record_sql = statements
+    begin, claim_sql, job_sql, record_sql, *more = _frontend_queries(worker.run)
+
+    assert more == []
+    assert begin == "BEGIN"
+    assert job_sql.startswith('INSERT INTO "shop_mark"')  # the job's own
     assert "async_jobs_claim(" in claim_sql
     assert claim_sql.endswith('; SAVEPOINT "async_jobs_job"')
     assert record_sql.startswith('UPDATE "async_jobs_job"')
+    assert record_sql.endswith("; COMMIT")
+    # Committed, with the job's own write, and Django's block closed cleanly.
+    assert connection.connection.info.transaction_status == 0  # idle
+    assert not connection.in_atomic_block
+    job.refresh_from_db()
+    assert job.status == Job.Status.SUCCEEDED
+    assert Mark.objects.filter(label="traced").exists()
+
+
+def test_a_job_a_feature_is_told_of_is_committed_by_django(postgres_only):
+    # The feature writes after the UPDATE, so the UPDATE can't commit.
+    from async_jobs.worker import Worker
+
+    done = schedule("shop.tasks.noop", meta={"completes": "g"})
+    member = schedule("shop.tasks.noop", meta={"group": "g"})
+    worker = Worker("default", max_jobs=1)
+    worker.last_rescue = time.monotonic()
+
+    queries = _frontend_queries(worker.run)
+
+    assert not any(query.endswith("; COMMIT") for query in queries), queries
+    assert "COMMIT" in queries
+    member.refresh_from_db()
+    done.refresh_from_db()
+    assert member.status == Job.Status.SUCCEEDED
+    assert done.run_after != HELD  # released by the group's bookkeeping
