@@ -350,15 +350,23 @@ def _check_transaction_kept(job: Job, using: str, exc: BaseException | None) -> 
     if not connections[using].needs_rollback:
         return
     raise AttemptLost(
-        LostAttempt(
-            job_id=job.pk,
-            attempt=job.attempts,
-            worker=worker_id(),
-            started=job.started or timezone.now(),
-            reason=f"the job's transaction on database {using!r} was lost"
+        lost_attempt(
+            job,
+            f"the job's transaction on database {using!r} was lost"
             + ("" if exc is None else f": {type(exc).__name__}: {exc}".rstrip(": ")),
         )
     ) from exc
+
+
+def lost_attempt(job: Job, reason: str) -> LostAttempt:
+    """The attempt this process started of ``job``, whose record was lost."""
+    return LostAttempt(
+        job_id=job.pk,
+        attempt=job.attempts,
+        worker=worker_id(),
+        started=job.started or timezone.now(),
+        reason=reason,
+    )
 
 
 def charge(lost: LostAttempt, using: str, error: Exception) -> Outcome | None:

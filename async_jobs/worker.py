@@ -32,7 +32,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from itertools import takewhile
 
-from django.db import Error, close_old_connections, connections
+from django.db import Error, IntegrityError, close_old_connections, connections
 
 from async_jobs.claiming import claim, claim_transaction, worth_claiming
 from async_jobs.conf import jobs_settings
@@ -43,6 +43,7 @@ from async_jobs.execution import (
     WorkerAborted,
     WorkerDied,
     charge,
+    lost_attempt,
     rescue_expired,
     run_claimed_jobs,
     run_non_atomic,
@@ -99,6 +100,8 @@ class Worker:
     started: float = field(default_factory=time.monotonic)
     #: Attempts whose transaction was lost, to record once the database answers.
     owed: list[LostAttempt] = field(default_factory=list)
+    #: Claims left to make one job at a time (after a batch's commit failed).
+    alone: int = 0
     # loop() only: when the jobs it knows of are due (a heap, monotonic clock),
     # when it last looked for due jobs, and the socket pair a stop request wakes.
     due_times: list[float] = field(default_factory=list)
@@ -138,7 +141,8 @@ class Worker:
 
     def run_batch(self) -> bool:
         """Claim due jobs and run them in one transaction; False when none was due."""
-        limit = self.batch_size
+        limit = 1 if self.alone else self.batch_size
+        self.alone = max(0, self.alone - 1)
         if self.max_jobs is not None:
             limit = min(limit, self.max_jobs - self.processed)
         self._pay_owed()
@@ -146,6 +150,13 @@ class Worker:
         if not worth_claiming(self.using, self.queues):
             return False  # SQLite: nothing due, so no write lock taken
         long_job: Job | None = None
+        attempted: list[Job] = []
+
+        def starting(job: Job) -> None:
+            attempted.append(job)
+            if self.on_attempt is not None:
+                self.on_attempt(job)
+
         try:
             with claim_transaction(self.using):
                 if self.stop_requested:
@@ -166,10 +177,15 @@ class Worker:
                         atomic_jobs,
                         self.using,
                         self._batch_may_continue,
-                        self.on_attempt,
+                        starting,
                         savepoint_set=True,
                         commit=True,
                     )
+        except IntegrityError as error:
+            if not attempted or long_job is not None:
+                raise
+            self._commit_refused(attempted, error)
+            return True
         except AttemptLost as lost:
             # The whole batch rolled back; the attempt that lost it is charged.
             self.owed.append(lost.lost)
@@ -185,6 +201,27 @@ class Worker:
             if recorded is not None:  # None: its lease was taken over
                 self._count(recorded)
         return bool(jobs)
+
+    def _commit_refused(self, attempted: list[Job], error: IntegrityError) -> None:
+        """The database refused to commit what the jobs wrote: a deferred
+        constraint (Django's foreign keys are deferred on PostgreSQL and
+        SQLite) is only checked at the commit. Nothing was written, their
+        attempts included. A job run alone is charged the attempt; a batch's
+        jobs are claimed again one at a time, so that the one at fault is."""
+        if len(attempted) > 1:
+            logger.error(
+                "The commit of a batch of %s jobs failed (%s); running them one "
+                "at a time to find the job at fault.",
+                len(attempted),
+                what_failed(error),
+            )
+            self.alone = len(attempted)
+            return
+        lost = lost_attempt(attempted[0], f"its writes failed at the commit: {error}")
+        logger.error("Job %s: %s", lost.job_id, lost.reason)
+        outcome = charge(lost, self.using, error)
+        if outcome is not None:
+            self._count(outcome)
 
     def _rescue(self) -> None:
         """Now and then, in the claim's transaction: charge the running jobs

@@ -398,3 +398,9 @@ def long_job(label: str, started: str, seconds: float) -> str:
 def long_by_default(label: str) -> str:
     Mark.objects.create(label=label)
     return label
+
+
+def write_dangling_receipt(order_id: int) -> None:
+    """A write whose foreign key is only checked at COMMIT (Django's foreign
+    keys are DEFERRABLE INITIALLY DEFERRED on PostgreSQL)."""
+    Receipt.objects.create(order_id=order_id)

@@ -2,6 +2,7 @@
 the jobs behind it run. Real ``flush_queue`` processes against the test database."""
 
 import pytest
+from shop.models import Receipt
 
 from async_jobs import Job, schedule
 
@@ -119,3 +120,37 @@ def test_a_job_that_closes_the_connection_ends_failed(run_manage):
     assert code == 0, err
     closer.refresh_from_db()
     assert (closer.status, closer.attempts) == (Job.Status.FAILED, 1)
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_a_job_whose_writes_fail_at_the_commit_is_charged(run_manage, batch):
+    # Django's foreign keys are checked at the commit (DEFERRABLE INITIALLY
+    # DEFERRED on PostgreSQL, deferred on SQLite): the job returns, then the
+    # commit fails. It used to roll back uncounted and be claimed again for
+    # ever, ahead of every other job.
+    dangling = first_in_line("shop.tasks.write_dangling_receipt", [999_999])
+    good = five_good_jobs()
+
+    runs = []
+    for _ in range(3):
+        code, out, err = run_manage("flush_queue", "--batch", batch)
+        runs.append((out, err))
+        assert code == 0, err
+        dangling.refresh_from_db()
+        if dangling.status == Job.Status.FAILED:
+            break
+        Job.objects.filter(pk=dangling.pk).update(run_after=dangling.created)
+
+    assert (dangling.status, dangling.attempts) == (Job.Status.FAILED, 2), runs
+    errors = list(dangling.errors.values_list("attempt", "exception"))
+    assert [attempt for attempt, _ in errors] == [1, 2]
+    for _attempt, exception in errors:
+        assert exception.startswith("django.db.utils.IntegrityError: "), exception
+        assert "foreign key" in exception.lower(), exception
+    assert not Receipt.objects.exists()
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert "Ran 6 jobs" in runs[0][0], runs[0]
+    if batch != "1":
+        assert "running them one at a time" in runs[0][1]
