@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from functools import cache
 from typing import TYPE_CHECKING, Any, Protocol
 from weakref import WeakKeyDictionary
 
@@ -56,9 +57,13 @@ CHANNEL = "async_jobs_job"
 
 def listens(using: str) -> bool:
     """Whether workers on this database can be woken by notifications."""
-    connection = connections[using]
-    if connection.vendor != "postgresql":
-        return False
+    return connections[using].vendor == "postgresql" and _psycopg3()
+
+
+@cache
+def _psycopg3() -> bool:
+    """Whether Django's PostgreSQL backend runs on psycopg 3 (asked once: the
+    import costs more than the rest of ``listens()``, called per job)."""
     from django.db.backends.postgresql.psycopg_any import is_psycopg3
 
     return is_psycopg3
