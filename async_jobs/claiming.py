@@ -60,7 +60,7 @@ def worth_claiming(using: str, queues: Sequence[str] = ()) -> bool:
         return True
     now = timezone.now()
     jobs = Job.objects.using(using)
-    return jobs.due(now).in_queues(queues).exists() or jobs.lease_expired(now).exists()
+    return (jobs.due(now).in_queues(queues) | jobs.lease_expired(now)).exists()
 
 
 def _take_sqlite_write_lock(connection: BaseDatabaseWrapper) -> None:

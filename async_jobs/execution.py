@@ -134,6 +134,12 @@ class Outcome:
     duration: float
     exception: BaseException | None = None
 
+    @classmethod
+    def failure(cls, job: Job, duration: float, exception: BaseException) -> Outcome:
+        """A failed attempt recorded on ``job``: ``failed``, or to retry."""
+        status = cls.FAILED if job.status == Job.Status.FAILED else cls.RETRY
+        return cls(job, status, duration, exception)
+
 
 _current_job: ContextVar[Job | None] = ContextVar("current_job", default=None)
 
@@ -206,9 +212,7 @@ def run_claimed_jobs(
         if outcomes and not keep_going():
             break
         outcomes.append(_attempt(job, using, starting, savepoint_set and not outcomes))
-    concerned = hooks.concerned(
-        [o.job for o in outcomes if o.job.status != Job.Status.PENDING]
-    )
+    concerned = _concerned([o.job for o in outcomes])
     try:
         Job.objects.using(using).record_successes(
             [o.job for o in outcomes if o.status == Outcome.SUCCEEDED],
@@ -222,14 +226,7 @@ def run_claimed_jobs(
             _check_transaction_kept(outcomes[-1].job, using, error)
         raise
     _tell(concerned, using)
-    for outcome in outcomes:
-        # Robust: a faulty receiver is logged, and can't stop the worker's loop.
-        # (mypy can't infer a lambda whose argument has a default.)
-        transaction.on_commit(
-            lambda outcome=outcome: _finished(outcome),  # type: ignore[misc]
-            using=using,
-            robust=True,
-        )
+    _announce(outcomes, using)
     return outcomes
 
 
@@ -241,11 +238,16 @@ def _settle(jobs: list[Job], using: str) -> None:
     computed) must not undo the outcomes, nor stop the worker. If it fails,
     job by job, so that only the job at fault misses what follows it.
     """
-    _tell(hooks.concerned(jobs), using)
+    _tell(_concerned(jobs), using)
+
+
+def _concerned(jobs: list[Job]) -> list[Job]:
+    """The jobs among these that won't run again and that a feature must be told of."""
+    return hooks.concerned([job for job in jobs if job.status != Job.Status.PENDING])
 
 
 def _tell(jobs: list[Job], using: str) -> None:
-    """``_settle()`` for jobs ``hooks.concerned()`` returned."""
+    """``_settle()`` for jobs ``_concerned()`` returned."""
     if not jobs or _settled(jobs, using) or len(jobs) == 1:
         return
     for job in jobs:
@@ -296,8 +298,7 @@ def _attempt(
     except (ValueError, ImportError) as exc:
         # A row no retry can mend fails at once; a missing module may come.
         job.record_failure(using, exc, permanent=isinstance(exc, ValueError))
-        status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
-        return Outcome(job, status, time.monotonic() - began, exc)
+        return Outcome.failure(job, time.monotonic() - began, exc)
     returned = False
     try:
         with job_savepoint(using, already_set=savepoint_set):
@@ -312,8 +313,7 @@ def _attempt(
         if returned and isinstance(exc, DatabaseError):
             exc = _swallowed(exc)
         job.record_failure(using, exc, permanent=isinstance(exc, PERMANENT_ERRORS))
-        status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
-        return Outcome(job, status, time.monotonic() - began, exc)
+        return Outcome.failure(job, time.monotonic() - began, exc)
     # A job that closed the connection returns normally; its transaction is lost.
     _check_transaction_kept(job, using, None)
     job.status = Job.Status.SUCCEEDED
@@ -400,12 +400,21 @@ def charge(lost: LostAttempt, using: str, error: Exception) -> Outcome | None:
                 {"worker": lost.worker, "started": lost.started.isoformat()},
             ]
         job.record_failure(using, error)
-        if job.status != Job.Status.PENDING:
-            _settle([job], using)
-        status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
-        outcome = Outcome(job, status, 0.0, error)
-        transaction.on_commit(lambda: _finished(outcome), using=using, robust=True)
+        outcome = Outcome.failure(job, 0.0, error)
+        _settle([job], using)
+        _announce([outcome], using)
     return outcome
+
+
+def _announce(outcomes: Sequence[Outcome], using: str) -> None:
+    """Log and signal each outcome once the transaction that recorded it
+    commits. Robust: a faulty receiver is logged, and can't stop the worker."""
+    for outcome in outcomes:
+        # A function, not a partial: Django names it when it logs its error.
+        def finished(outcome: Outcome = outcome) -> None:
+            _finished(outcome)
+
+        transaction.on_commit(finished, using=using, robust=True)
 
 
 def _finished(outcome: Outcome) -> None:
@@ -589,24 +598,20 @@ def _record_non_atomic(
             return None
         if isinstance(exc, CancelledWhileRunning):
             held.record_cancelled(using, exc)
-            status = Outcome.CANCELLED
+            outcome = Outcome(held, Outcome.CANCELLED, duration, exc)
         elif exc is not None:
             held.record_failure(
                 using, exc, permanent=permanent or isinstance(exc, PERMANENT_ERRORS)
             )
-            status = (
-                Outcome.FAILED if held.status == Job.Status.FAILED else Outcome.RETRY
-            )
+            outcome = Outcome.failure(held, duration, exc)
         else:
             held.status = Job.Status.SUCCEEDED
             held.result = result
             held.finished = timezone.now()
             held.record(using)
-            status = Outcome.SUCCEEDED
-        if held.status != Job.Status.PENDING:
-            _settle([held], using)
-        outcome = Outcome(held, status, duration, exc)
-        transaction.on_commit(lambda: _finished(outcome), using=using, robust=True)
+            outcome = Outcome(held, Outcome.SUCCEEDED, duration)
+        _settle([held], using)
+        _announce([outcome], using)
     return outcome
 
 
@@ -630,13 +635,7 @@ def rescue_expired(using: str, limit: int = 100) -> list[Outcome]:
         )
         logger.error("Job %s %s: %s.", job.pk, job.name, error)
         job.record_failure(using, error)
-        status = Outcome.FAILED if job.status == Job.Status.FAILED else Outcome.RETRY
-        outcomes.append(Outcome(job, status, 0.0, error))
-    _settle([o.job for o in outcomes if o.job.status != Job.Status.PENDING], using)
-    for outcome in outcomes:
-        transaction.on_commit(
-            lambda outcome=outcome: _finished(outcome),  # type: ignore[misc]
-            using=using,
-            robust=True,
-        )
+        outcomes.append(Outcome.failure(job, 0.0, error))
+    _settle([o.job for o in outcomes], using)
+    _announce(outcomes, using)
     return outcomes
