@@ -24,11 +24,9 @@ from weakref import WeakKeyDictionary
 
 from django.db import connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models.base import ModelState
-from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
-from async_jobs.models import Job
+from async_jobs.models import Job, init_observed
 from async_jobs.transaction_internals import runs_statements_together, savepoint_sql
 
 #: How long a SQLite worker waits for the write lock before asking again (ms).
@@ -150,15 +148,10 @@ class _RowsToJobs:
         values = list(row)
         for index, function, column in self.converters:
             values[index] = function(values[index], column, connection)
-        if pre_init.has_listeners(Job) or post_init.has_listeners(Job):
+        if init_observed():
             return Job.from_db(connection.alias, self.attnames, values)
-        # What from_db() makes, without Model.__init__()'s walk over the fields.
-        job = Job.__new__(Job)
-        job._state = ModelState()
-        job._state.adding = False
-        job._state.db = connection.alias
-        job.__dict__.update(zip(self.attnames, values, strict=True))
-        return job
+        attributes = dict(zip(self.attnames, values, strict=True))
+        return Job.without_init(attributes, db=connection.alias)
 
 
 _readers: WeakKeyDictionary[BaseDatabaseWrapper, _RowsToJobs] = WeakKeyDictionary()

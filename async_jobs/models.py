@@ -20,6 +20,8 @@ from typing import Any, cast
 from django.conf import settings
 from django.db import IntegrityError, connections, models, transaction
 from django.db.models import Count, Field, Q
+from django.db.models.base import ModelState
+from django.db.models.signals import post_init, pre_init
 from django.utils import timezone
 
 from async_jobs import hooks
@@ -145,6 +147,12 @@ class JobQuerySet(models.QuerySet):
             if commit:
                 sql = committing(connection, cursor, sql)
             cursor.execute(sql, values)
+
+
+def init_observed() -> bool:
+    """Whether ``pre_init`` or ``post_init`` has a receiver for ``Job``: then
+    jobs are made by ``Model.__init__()``, which sends them."""
+    return pre_init.has_listeners(Job) or post_init.has_listeners(Job)
 
 
 #: What recording an attempt writes.
@@ -308,6 +316,23 @@ class Job(models.Model):
     __call__ = execute
     # A template that shows a job (the admin's does) must never run it.
     do_not_call_in_templates = True
+
+    @classmethod
+    def without_init(cls, attributes: dict[str, Any], db: str | None = None) -> Job:
+        """What ``Model.__init__()`` makes of a value for every field (and, with
+        ``db``, ``from_db()``), without its walk over the fields: a third of
+        ``schedule_many()``'s time, and of making claimed rows into jobs.
+
+        Only when ``init_observed()`` is False: ``pre_init`` and ``post_init``
+        are not sent.
+        """
+        job = cls.__new__(cls)
+        job._state = ModelState()
+        if db is not None:
+            job._state.adding = False
+            job._state.db = db
+        job.__dict__.update(attributes)
+        return job
 
     @property
     def atomic(self) -> bool:

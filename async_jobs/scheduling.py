@@ -14,15 +14,13 @@ from types import NoneType
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
-from django.db.models.base import ModelState
-from django.db.models.signals import post_init, pre_init
 
 from async_jobs.allowlist import function_path, resolve
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.cron import first_run_after
 from async_jobs.groups import held_run_after, join_open_groups, save_in_group
 from async_jobs.inserting import insert_jobs
-from async_jobs.models import Job
+from async_jobs.models import Job, init_observed
 from async_jobs.signatures import check_call
 from async_jobs.traceparent import stamp
 from async_jobs.uniqueness import save_or_find_twin
@@ -137,26 +135,17 @@ def build_job(
 
 
 def _new_job(**values: Any) -> Job:
-    """``Job(**values)``, three times as fast.
-
-    ``Model.__init__()`` goes through every field for the values it was given
-    (and sends ``pre_init`` and ``post_init``): a third of ``schedule_many()``'s
-    time. Here the defaults of the fields not given are set as it sets them,
-    unless ``pre_init`` or ``post_init`` has a receiver for ``Job``: then
-    ``Job(**values)``, which sends them.
-    """
-    if pre_init.has_listeners(Job) or post_init.has_listeners(Job):
+    """``Job(**values)``, three times as fast (``Job.without_init()``), the
+    defaults of the fields not given set as ``Model.__init__()`` sets them."""
+    if init_observed():
         return Job(**values)
     fixed, made = _defaults()
-    job = Job.__new__(Job)
-    job._state = ModelState()
-    attributes = job.__dict__
-    attributes.update(fixed)
+    attributes = dict(fixed)
     for attname, default in made:
         if attname not in values:
             attributes[attname] = default()
     attributes.update(values)
-    return job
+    return Job.without_init(attributes)
 
 
 @cache

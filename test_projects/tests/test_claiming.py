@@ -195,3 +195,29 @@ def test_a_job_a_feature_is_told_of_is_committed_by_django(postgres_only):
     done.refresh_from_db()
     assert member.status == Job.Status.SUCCEEDED
     assert done.run_after != HELD  # released by the group's bookkeeping
+
+
+def test_a_claimed_job_is_the_one_from_db_makes():
+    from django.db.models.signals import post_init
+
+    def fields(job):
+        return {f.attname: getattr(job, f.attname) for f in Job._meta.concrete_fields}
+
+    schedule("shop.tasks.echo", args=[1], kwargs={"a": [2]}, meta={"queue": "q"})
+    with claim_transaction("default"):
+        [fast] = claim("default")
+    seen = []
+
+    def receiver(sender, instance, **kwargs):
+        seen.append(instance.pk)
+
+    post_init.connect(receiver, sender=Job)
+    try:
+        with claim_transaction("default"):
+            [slow] = claim("default")
+    finally:
+        post_init.disconnect(receiver, sender=Job)
+    assert seen == [slow.pk]  # from_db() ran Job.__init__(), which sent it
+    assert fields(fast) == fields(slow) == fields(Job.objects.get())
+    assert (fast._state.adding, fast._state.db) == (False, "default")
+    assert (slow._state.adding, slow._state.db) == (False, "default")
