@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
+from functools import cache
 from typing import Any, cast
 
 from django.conf import settings
@@ -169,6 +170,23 @@ _RECORDED_FIELDS = [
 _LEASE_FIELDS = ["worker", "lease_expires", "heartbeat", "cancel_requested"]
 #: What a success changes (its status aside): written for a batch at once.
 _SUCCESS_FIELDS = ["result", "attempts", "attempt_log", "started", "finished"]
+
+
+@cache
+def _record_update(alias: str, leased: bool) -> tuple[str, list[Field]]:
+    """``Job.record()``'s UPDATE (the job's pk its last value), and its fields:
+    built once, as the worker sends it for every job."""
+    quote = connections[alias].ops.quote_name
+    names = _RECORDED_FIELDS + _LEASE_FIELDS if leased else _RECORDED_FIELDS
+    fields = [cast(Field, Job._meta.get_field(name)) for name in names]
+    assignments = ", ".join(
+        f"{quote(cast(str, field.column))} = %s" for field in fields
+    )
+    sql = (
+        f"UPDATE {quote(Job._meta.db_table)} SET {assignments} "
+        f"WHERE {quote(Job._meta.pk.column)} = %s"
+    )
+    return sql, fields
 
 
 def retry_delay(attempt: int, config: JobsSettings) -> timedelta:
@@ -502,26 +520,15 @@ class Job(models.Model):
         ``leased`` True writes the lease as it is (its start). ``commit``: see
         ``JobQuerySet.record_successes()``.
         """
-        names = _RECORDED_FIELDS
         if leased is None and self.lease_expires is not None:
             self.lease_expires, self.cancel_requested = None, False
             leased = True
-        if leased:
-            names = _RECORDED_FIELDS + _LEASE_FIELDS
         connection = connections[using]
-        quote = connection.ops.quote_name
-        fields = [cast(Field, Job._meta.get_field(name)) for name in names]
-        assignments = ", ".join(
-            f"{quote(cast(str, field.column))} = %s" for field in fields
-        )
+        sql, fields = _record_update(connection.alias, bool(leased))
         values = [
             field.get_db_prep_save(getattr(self, field.attname), connection)
             for field in fields
         ]
-        sql = (
-            f"UPDATE {quote(Job._meta.db_table)} SET {assignments} "
-            f"WHERE {quote(Job._meta.pk.column)} = %s"
-        )
         with connection.cursor() as cursor:
             if commit:
                 sql = committing(connection, cursor, sql)
