@@ -106,6 +106,8 @@ class LostAttempt:
     worker: str
     started: datetime
     reason: str
+    #: What the attempt is charged with: ``WorkerDied(reason)`` if None.
+    error: Exception | None = None
 
 
 class AttemptLost(DatabaseError):
@@ -358,7 +360,7 @@ def _check_transaction_kept(job: Job, using: str, exc: BaseException | None) -> 
     ) from exc
 
 
-def lost_attempt(job: Job, reason: str) -> LostAttempt:
+def lost_attempt(job: Job, reason: str, error: Exception | None = None) -> LostAttempt:
     """The attempt this process started of ``job``, whose record was lost."""
     return LostAttempt(
         job_id=job.pk,
@@ -366,12 +368,13 @@ def lost_attempt(job: Job, reason: str) -> LostAttempt:
         worker=worker_id(),
         started=job.started or timezone.now(),
         reason=reason,
+        error=error,
     )
 
 
-def charge(lost: LostAttempt, using: str, error: Exception) -> Outcome | None:
+def charge(lost: LostAttempt, using: str) -> Outcome | None:
     """Record an attempt whose own record was lost: an ``Error``, then a retry or
-    ``failed``, as if it had raised ``error``.
+    ``failed``, as if it had raised ``lost.error`` (``WorkerDied`` by default).
 
     Nothing is written if the job is no longer pending at that attempt: it
     was recorded after all, or another worker has run it since.
@@ -399,6 +402,7 @@ def charge(lost: LostAttempt, using: str, error: Exception) -> Outcome | None:
                 *job.attempt_log,
                 {"worker": lost.worker, "started": lost.started.isoformat()},
             ]
+        error = lost.error or WorkerDied(lost.reason)
         job.record_failure(using, error)
         outcome = Outcome.failure(job, 0.0, error)
         _settle([job], using)

@@ -42,7 +42,7 @@ from typing import IO, Any
 from django.db import connections
 from django.utils import timezone
 
-from async_jobs.execution import LostAttempt, Outcome, WorkerDied, charge
+from async_jobs.execution import LostAttempt, Outcome, charge
 from async_jobs.models import Job
 
 logger = logging.getLogger("async_jobs")
@@ -290,7 +290,7 @@ class Supervisor:
         )
         logger.error("Job %s: %s.", lost.job_id, reason)
         try:
-            outcome = charge(lost, self.using, WorkerDied(reason))
+            outcome = charge(lost, self.using)
         finally:
             connections.close_all()
         if outcome is not None:

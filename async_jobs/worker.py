@@ -41,7 +41,6 @@ from async_jobs.execution import (
     LostAttempt,
     Outcome,
     WorkerAborted,
-    WorkerDied,
     charge,
     lost_attempt,
     rescue_expired,
@@ -217,11 +216,12 @@ class Worker:
             )
             self.alone = len(attempted)
             return
-        lost = lost_attempt(attempted[0], f"its writes failed at the commit: {error}")
+        lost = lost_attempt(
+            attempted[0], f"its writes failed at the commit: {error}", error
+        )
         logger.error("Job %s: %s", lost.job_id, lost.reason)
-        outcome = charge(lost, self.using, error)
-        if outcome is not None:
-            self._count(outcome)
+        self.owed.append(lost)
+        self._pay_owed()
 
     def _rescue(self) -> None:
         """Now and then, in the claim's transaction: charge the running jobs
@@ -239,7 +239,7 @@ class Worker:
         database is still away: they wait for the next try)."""
         while self.owed:
             lost = self.owed[0]
-            outcome = charge(lost, self.using, WorkerDied(lost.reason))
+            outcome = charge(lost, self.using)
             self.owed.pop(0)
             if outcome is not None:
                 self._count(outcome)
