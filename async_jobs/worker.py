@@ -32,7 +32,13 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from itertools import takewhile
 
-from django.db import Error, IntegrityError, close_old_connections, connections
+from django.db import (
+    DatabaseError,
+    Error,
+    OperationalError,
+    close_old_connections,
+    connections,
+)
 
 from async_jobs.claiming import claim, claim_transaction, worth_claiming
 from async_jobs.conf import jobs_settings
@@ -180,11 +186,6 @@ class Worker:
                         savepoint_set=True,
                         commit=True,
                     )
-        except IntegrityError as error:
-            if not attempted or long_job is not None:
-                raise
-            self._commit_refused(attempted, error)
-            return True
         except AttemptLost as lost:
             # The whole batch rolled back; the attempt that lost it is charged.
             self.owed.append(lost.lost)
@@ -192,6 +193,14 @@ class Worker:
             with suppress(Error):
                 connections[self.using].close()
             self._pay_owed()
+            return True
+        except DatabaseError as error:
+            # An OperationalError is the database's trouble, not the jobs'
+            # (a lost connection, a lock, a serialization failure): they run
+            # again once it answers.
+            if isinstance(error, OperationalError) or not attempted or long_job:
+                raise
+            self._commit_refused(attempted, error)
             return True
         for outcome in outcomes:
             self._count(outcome)
@@ -201,12 +210,13 @@ class Worker:
                 self._count(recorded)
         return bool(jobs)
 
-    def _commit_refused(self, attempted: list[Job], error: IntegrityError) -> None:
-        """The database refused to commit what the jobs wrote: a deferred
-        constraint (Django's foreign keys are deferred on PostgreSQL and
-        SQLite) is only checked at the commit. Nothing was written, their
-        attempts included. A job run alone is charged the attempt; a batch's
-        jobs are claimed again one at a time, so that the one at fault is."""
+    def _commit_refused(self, attempted: list[Job], error: DatabaseError) -> None:
+        """The database refused what the jobs wrote, once they had returned:
+        deferred constraints (Django's foreign keys are deferred on PostgreSQL
+        and SQLite) and constraint triggers are only checked at the commit.
+        Nothing was written, their attempts included. A job run alone is
+        charged the attempt; a batch's jobs are claimed again one at a time, so
+        that the one at fault is."""
         if len(attempted) > 1:
             logger.error(
                 "The commit of a batch of %s jobs failed (%s); running them one "

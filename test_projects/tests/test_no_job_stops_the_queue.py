@@ -2,7 +2,8 @@
 the jobs behind it run. Real ``flush_queue`` processes against the test database."""
 
 import pytest
-from shop.models import Receipt
+from django.db import connection
+from shop.models import Mark, Receipt
 
 from async_jobs import Job, schedule
 
@@ -154,3 +155,65 @@ def test_a_job_whose_writes_fail_at_the_commit_is_charged(run_manage, batch):
     assert "Ran 6 jobs" in runs[0][0], runs[0]
     if batch != "1":
         assert "running them one at a time" in runs[0][1]
+
+
+@pytest.fixture
+def refused_at_commit(on_postgres):
+    """A deferred constraint trigger that refuses a ``Mark`` labelled
+    "refused" at the commit, with a PL/pgSQL exception (psycopg raises a ProgrammingError,
+    not an IntegrityError), as a project's own deferred checks may."""
+    if not on_postgres:
+        pytest.skip("deferred constraint triggers are PostgreSQL's")
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            CREATE FUNCTION shop_refuse_mark() RETURNS trigger LANGUAGE plpgsql AS $$
+            BEGIN
+                IF NEW.label = 'refused' THEN
+                    RAISE EXCEPTION 'mark % refused at the commit', NEW.label;
+                END IF;
+                RETURN NULL;
+            END $$;
+            CREATE CONSTRAINT TRIGGER shop_refuse_mark AFTER INSERT ON shop_mark
+                DEFERRABLE INITIALLY DEFERRED FOR EACH ROW
+                EXECUTE FUNCTION shop_refuse_mark();
+            """
+        )
+    yield
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "DROP TRIGGER shop_refuse_mark ON shop_mark; "
+            "DROP FUNCTION shop_refuse_mark();"
+        )
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+def test_any_refusal_at_the_commit_is_charged(run_manage, refused_at_commit, batch):
+    # Not only a foreign key: whatever the database refuses at the commit,
+    # short of losing the connection, is charged to the job that wrote it.
+    refused = first_in_line("shop.tasks.record", ["refused"])
+    good = five_good_jobs()
+
+    runs = []
+    for _ in range(3):
+        code, out, err = run_manage("flush_queue", "--batch", batch)
+        runs.append((out, err))
+        assert code == 0, err
+        refused.refresh_from_db()
+        if refused.status == Job.Status.FAILED:
+            break
+        Job.objects.filter(pk=refused.pk).update(run_after=refused.created)
+
+    assert (refused.status, refused.attempts) == (Job.Status.FAILED, 2), runs
+    errors = list(refused.errors.values_list("exception", flat=True))
+    assert len(errors) == 2
+    for exception in errors:
+        assert exception.startswith("django.db.utils.ProgrammingError: "), exception
+        assert "mark refused refused at the commit" in exception, exception
+    assert list(Mark.objects.order_by("label").values_list("label", flat=True)) == [
+        f"good-{n}" for n in range(5)
+    ]
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert "Ran 6 jobs" in runs[0][0], runs[0]
