@@ -20,6 +20,22 @@ def first_in_line(function: str, args: list, max_attempts: int = 2) -> Job:
     )
 
 
+def run_until_failed(run_manage, job: Job, *args: str) -> list[tuple[str, str]]:
+    """Run ``flush_queue`` until ``job`` has failed (at most 4 runs), making its
+    retry due at once; each run exits 0. Returns each run's (out, err)."""
+    runs = []
+    for _ in range(4):
+        code, out, err = run_manage("flush_queue", *args)
+        runs.append((out, err))
+        assert code == 0, err
+        job.refresh_from_db()
+        if job.status == Job.Status.FAILED:
+            break
+        # The retry waits for its backoff: make it due for the next run.
+        Job.objects.filter(pk=job.pk).update(run_after=job.created)
+    return runs
+
+
 @pytest.mark.parametrize(
     ("how", "death"),
     [
@@ -32,18 +48,8 @@ def test_a_job_that_kills_its_worker_is_charged_each_attempt(run_manage, how, de
     killer = first_in_line("shop.tasks.end_own_process", [how])
     good = five_good_jobs()
 
-    runs = []
-    for _ in range(4):
-        code, out, err = run_manage("flush_queue")
-        runs.append((code, out, err))
-        assert code == 0, err
-        killer.refresh_from_db()
-        if killer.status == Job.Status.FAILED:
-            break
-        # The retry waits for its backoff: make it due for the next run.
-        Job.objects.filter(pk=killer.pk).update(run_after=killer.created)
+    runs = run_until_failed(run_manage, killer)
 
-    killer.refresh_from_db()
     assert killer.status == Job.Status.FAILED
     assert killer.attempts == 2
     errors = list(killer.errors.values_list("attempt", "exception"))
@@ -56,7 +62,7 @@ def test_a_job_that_kills_its_worker_is_charged_each_attempt(run_manage, how, de
         job.refresh_from_db()
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
     # The first run went on after the death: it ran the five good jobs too.
-    assert "Ran 6 jobs" in runs[0][1], runs[0]
+    assert "Ran 6 jobs" in runs[0][0], runs[0]
 
 
 @pytest.mark.parametrize(
@@ -132,15 +138,7 @@ def test_a_job_whose_writes_fail_at_the_commit_is_charged(run_manage, batch):
     dangling = first_in_line("shop.tasks.write_dangling_receipt", [999_999])
     good = five_good_jobs()
 
-    runs = []
-    for _ in range(3):
-        code, out, err = run_manage("flush_queue", "--batch", batch)
-        runs.append((out, err))
-        assert code == 0, err
-        dangling.refresh_from_db()
-        if dangling.status == Job.Status.FAILED:
-            break
-        Job.objects.filter(pk=dangling.pk).update(run_after=dangling.created)
+    runs = run_until_failed(run_manage, dangling, "--batch", batch)
 
     assert (dangling.status, dangling.attempts) == (Job.Status.FAILED, 2), runs
     errors = list(dangling.errors.values_list("attempt", "exception"))
@@ -194,15 +192,7 @@ def test_any_refusal_at_the_commit_is_charged(run_manage, refused_at_commit, bat
     refused = first_in_line("shop.tasks.record", ["refused"])
     good = five_good_jobs()
 
-    runs = []
-    for _ in range(3):
-        code, out, err = run_manage("flush_queue", "--batch", batch)
-        runs.append((out, err))
-        assert code == 0, err
-        refused.refresh_from_db()
-        if refused.status == Job.Status.FAILED:
-            break
-        Job.objects.filter(pk=refused.pk).update(run_after=refused.created)
+    runs = run_until_failed(run_manage, refused, "--batch", batch)
 
     assert (refused.status, refused.attempts) == (Job.Status.FAILED, 2), runs
     errors = list(refused.errors.values_list("exception", flat=True))
