@@ -196,10 +196,12 @@ def _close_if_finished(group: Group, using: str) -> None:
     """With the group locked: if its last job has finished, release its completion."""
     if group.finished is not None:
         return
+    # A non-atomic job is `running` while it runs: not finished either.
+    unfinished = Q(status__in=[Job.Status.PENDING, Job.Status.RUNNING])
     counts = group.jobs.using(using).aggregate(
-        total=Count("id"), pending=Count("id", filter=Q(status=Job.Status.PENDING))
+        total=Count("id"), unfinished=Count("id", filter=unfinished)
     )
-    if not counts["total"] or counts["pending"]:
+    if not counts["total"] or counts["unfinished"]:
         return
     group.finished = timezone.now()
     group.save(using=using, update_fields=["finished"])

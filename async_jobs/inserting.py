@@ -7,8 +7,8 @@ as one JSON document that the server unpacks with ``jsonb_to_recordset()``:
 Python's C encoder writes it, where ``bulk_create()`` prepares every field of
 every row in Python, three times as slow for a job row of 17 columns. Columns
 NULL in every row are left out of the document (for new jobs, a third of them:
-a third less for the server to unpack). Elsewhere ``bulk_create()`` does it. Either way the jobs get their primary keys, as
-``bulk_create()`` gives them.
+a third less for the server to unpack). Elsewhere ``bulk_create()`` does it.
+Either way the jobs get their primary keys, as ``bulk_create()`` gives them.
 
 ``insert_job()`` writes one job on PostgreSQL (psycopg 3) with a fixed
 ``INSERT`` of the model's columns, built once, whose values psycopg sends

@@ -630,6 +630,7 @@ class Group(models.Model):
             succeeded=counts.get(Job.Status.SUCCEEDED, 0),
             failed=counts.get(Job.Status.FAILED, 0),
             cancelled=counts.get(Job.Status.CANCELLED, 0),
+            running=counts.get(Job.Status.RUNNING, 0),
         )
 
 
@@ -642,14 +643,17 @@ class GroupProgress:
     succeeded: int
     failed: int
     cancelled: int
+    #: Non-atomic jobs a worker is running (last, so that older code that
+    #: made one by position still can).
+    running: int = 0
 
     @property
     def done(self) -> int:
-        return self.total - self.pending
+        return self.total - self.pending - self.running
 
     @property
     def finished(self) -> bool:
-        return self.total > 0 and self.pending == 0
+        return self.total > 0 and self.done == self.total
 
 
 class Error(models.Model):

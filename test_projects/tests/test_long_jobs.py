@@ -13,8 +13,9 @@ import pytest
 from django.db import close_old_connections, connection, transaction
 from shop.models import Mark, Order
 
-from async_jobs import Job, schedule
+from async_jobs import Group, Job, schedule
 from async_jobs.conf import jobs_settings
+from async_jobs.models import held
 
 from .conftest import env_with_settings, finish, jobs_run, wait_until
 
@@ -325,3 +326,35 @@ def test_sqlite_idle_workers_take_no_write_lock(start_manage, on_postgres):
 
     assert failures == []
     assert Order.objects.count() == 600
+
+
+def test_a_group_waits_for_its_running_member(start_manage, tmp_path):
+    # A non-atomic member is `running` while it runs, not `pending`: the group
+    # must not finish, nor release its completion job, when another member
+    # finishes meanwhile.
+    started = tmp_path / "started"
+    running = long_job("slow", started, 3, group="g", priority=10)
+    quick = schedule("shop.tasks.record", args=["quick"], meta={"group": "g"})
+    completion = schedule(
+        "shop.tasks.count_unfinished_members", args=["g"], meta={"completes": "g"}
+    )
+    worker = start_manage("flush_queue", "--jobs", "1")
+    wait_until(started.exists, "the long job to start", process=worker)
+
+    quick.execute()
+
+    group = Group.objects.get(reference="g")
+    completion.refresh_from_db()
+    assert group.finished is None
+    assert completion.run_after == held()
+    progress = group.progress()
+    assert (progress.running, progress.succeeded, progress.done) == (1, 1, 1)
+    assert not progress.finished
+    code, _out, err = finish(worker)
+    assert code == 0, err
+    running.refresh_from_db()
+    assert running.status == Job.Status.SUCCEEDED
+    group.refresh_from_db()
+    completion.refresh_from_db()
+    assert group.finished is not None
+    assert completion.run_after == group.finished
