@@ -156,8 +156,12 @@ def _defaults() -> tuple[dict[str, Any], list[tuple[str, Callable[[], Any]]]]:
     fixed: dict[str, Any] = {}
     made = []
     for field in Job._meta.concrete_fields:
+        if field.has_default() and callable(field.default):
+            made.append((field.attname, field.default))
+            continue
+        # No default (NOT_PROVIDED, itself callable: a class), or a value.
         value = field.get_default()
-        if not callable(field.default) and type(value) in (NoneType, str, int, bool):
+        if type(value) in (NoneType, str, int, bool):
             fixed[field.attname] = value
         else:
             made.append((field.attname, field.get_default))
