@@ -45,9 +45,9 @@ finishing another job meanwhile finds the lock taken and checks again after
 its own commit, seeing both), else after its commit. So the last of them to
 check sees every job finished. The one gap: a process that dies between
 its commit and that later check (a worker killed at that moment) leaves the
-group open with no pending job until its next change; such groups are what
-``Group.objects.filter(finished=None)`` with ``progress().finished`` lists,
-and :func:`close_finished_groups` of any of their jobs closes them.
+group open with no unfinished job: every worker looks for such groups now and
+then (:func:`close_stranded_groups`, with its rescue of expired leases) and
+closes them.
 """
 
 from __future__ import annotations
@@ -55,12 +55,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from django.db import transaction
-from django.db.models import Count, Q, QuerySet
+from django.db import connections, transaction
+from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from async_jobs.inserting import insert_job
-from async_jobs.models import Group, Job, held
+from async_jobs.models import FINISHED, Group, Job, held
 from async_jobs.notifications import notify_on_commit
 
 
@@ -192,12 +192,35 @@ def delete_jobs(jobs: QuerySet[Job]) -> None:
         _close_finished(group_ids, using)
 
 
+def close_stranded_groups(using: str, limit: int = 100) -> None:
+    """Close the open groups whose jobs have all finished but that no check
+    closed: the process that was to check one after its commit died first.
+
+    A worker calls it now and then in its claim's transaction. It takes each
+    group's lock without waiting, as anyone who may hold job rows must: a
+    group whose lock is taken is being decided by its holder. PostgreSQL
+    only: elsewhere no check waits for a commit (the lock is had at once).
+    """
+    if not connections[using].features.has_select_for_update_skip_locked:
+        return
+    members = Job.objects.filter(group=OuterRef("pk"))
+    stranded = (
+        Group.objects.using(using)
+        .select_for_update(skip_locked=True)
+        .filter(Exists(members), finished=None)
+        .exclude(Exists(members.exclude(status__in=FINISHED)))
+        .order_by("pk")[:limit]
+    )
+    for group in stranded:
+        _close_if_finished(group, using)
+
+
 def _close_if_finished(group: Group, using: str) -> None:
     """With the group locked: if its last job has finished, release its completion."""
     if group.finished is not None:
         return
-    # A non-atomic job is `running` while it runs: not finished either.
-    unfinished = Q(status__in=[Job.Status.PENDING, Job.Status.RUNNING])
+    # Not only pending jobs: a non-atomic job is `running` while it runs.
+    unfinished = ~Q(status__in=FINISHED)
     counts = group.jobs.using(using).aggregate(
         total=Count("id"), unfinished=Count("id", filter=unfinished)
     )

@@ -54,6 +54,7 @@ from async_jobs.execution import (
     run_non_atomic,
     start_non_atomic,
 )
+from async_jobs.groups import close_stranded_groups
 from async_jobs.models import Job
 from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
 
@@ -235,7 +236,8 @@ class Worker:
 
     def _rescue(self) -> None:
         """Now and then, in the claim's transaction: charge the running jobs
-        whose lease expired (their worker is gone), so they run again."""
+        whose lease expired (their worker is gone), so they run again, and
+        close the groups a dead process left open."""
         now = time.monotonic()
         if now - self.last_rescue < min(RESCUE_INTERVAL, jobs_settings().lease / 4):
             return
@@ -243,6 +245,7 @@ class Worker:
         for outcome in rescue_expired(self.using):
             if outcome.status == Outcome.RETRY:
                 self._expect(outcome.job.run_after.timestamp() - time.time())
+        close_stranded_groups(self.using)
 
     def _pay_owed(self) -> None:
         """Record the attempts whose transaction was lost (a DatabaseError if the

@@ -321,3 +321,65 @@ def test_cancel_after_scheduling_into_the_group_waits_for_a_running_member_witho
     assert done.status == Job.Status.SUCCEEDED and group.finished is not None
     assert done.started >= added.finished
     assert marks() == ["running", "added", "done"]
+
+
+def _backend_waiting_for_a_lock(timeout: float = 20) -> int | None:
+    """Another backend of this database that waits for a lock, seen from here."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with connection.cursor() as cursor:
+            # Inside a transaction the statistics are read once, then kept.
+            cursor.execute("SELECT pg_stat_clear_snapshot()")
+            cursor.execute(
+                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                "AND datname = current_database() AND pid <> pg_backend_pid()"
+            )
+            row = cursor.fetchone()
+        if row:
+            return row[0]
+        time.sleep(0.02)
+    return None
+
+
+def _backend_gone(pid: int) -> bool:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
+        return cursor.fetchone() is None
+
+
+@pytest.mark.processes
+def test_a_group_left_open_by_a_killed_worker_is_closed_by_the_next(
+    on_postgres, start_manage, run_manage
+):
+    """The worker that finishes a group's last job while another transaction
+    holds the group's lock checks the group once its own commit is done. Killed
+    then, it left the group open for ever, its completion job held."""
+    if not on_postgres:
+        pytest.skip("SQLite gives the group's lock at once: no check waits")
+    member = schedule("shop.tasks.record", args=["member"], meta={"group": "G"})
+    completion = schedule(
+        "shop.tasks.count_unfinished_members", args=["G"], meta={"completes": "G"}
+    )
+    with transaction.atomic():
+        Group.objects.select_for_update().get(reference="G")
+        worker = start_manage("flush_queue")
+        backend = _backend_waiting_for_a_lock()
+        worker.kill()  # its child too (PR_SET_PDEATHSIG)
+        code, out, err = finish(worker)
+        assert backend is not None, (code, out, err)
+    wait_until(lambda: _backend_gone(backend), "the dead worker's backend to end")
+    member.refresh_from_db()
+    group = Group.objects.get()
+    completion.refresh_from_db()
+    assert member.status == Job.Status.SUCCEEDED
+    assert group.finished is None and completion.run_after == HELD
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    assert jobs_run(out) == 1  # the completion job
+    group.refresh_from_db()
+    completion.refresh_from_db()
+    assert group.finished is not None
+    assert (completion.status, completion.result) == (Job.Status.SUCCEEDED, 0)
+    assert marks() == ["member", "completed G"]
