@@ -16,7 +16,7 @@ class AsyncJobsConfig(AppConfig):
         from async_jobs import checks, hooks  # noqa: F401 (checks registers them)
         from async_jobs.claiming import create_claim_function
         from async_jobs.execution import execute_now
-        from async_jobs.groups import close_finished_groups
+        from async_jobs.groups import close_finished_groups, close_stranded_groups
         from async_jobs.recurrence import schedule_next_occurrences
 
         # A series goes on before its group is looked at: the order of old.
@@ -25,6 +25,7 @@ class AsyncJobsConfig(AppConfig):
             lambda job: isinstance(job.meta, dict) and "repeat" in job.meta,
         )
         hooks.on_settled(close_finished_groups, lambda job: job.group_id is not None)
+        hooks.on_sweep(close_stranded_groups)
         hooks.set_executor(execute_now)
         # Django's tasks framework, where installed: jobs may name its Tasks,
         # and the checks of the TASKS backends (JobsBackend's too) run.

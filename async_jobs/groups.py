@@ -17,7 +17,8 @@ that holds a job's row lock waits for a group's lock.**
   outcome, ``cancel()``, ``deschedule()``, ``job.execute()``,
   :func:`delete_jobs`) holds those jobs' row locks, then *tries* each
   group's lock without waiting (``FOR UPDATE SKIP LOCKED``). Got it: it
-  counts the group's pending jobs and closes the group if none is left, in
+  counts the group's unfinished jobs (pending, or running: a non-atomic
+  job) and closes the group if none is left, in
   the transaction that wrote the statuses. Someone else holds it (another
   worker deciding, or a transaction that schedules into the group or cancels
   one of its jobs): it decides nothing now, and once its own transaction has
@@ -35,7 +36,7 @@ transaction ends.
 Why exactly once, never too early, never left open (READ COMMITTED, Django's
 default): a group is closed only under its row lock, by a statement that
 reads the latest committed row (``finished`` still unset) and counts the
-committed pending jobs after the lock is granted; no transaction adding a
+committed unfinished jobs after the lock is granted; no transaction adding a
 job to it can be in flight then (it would hold the lock). Once closed,
 ``finished`` is set and no later check closes it again; a job scheduled with
 its reference starts a new group. Each transaction that finishes a group's
@@ -46,22 +47,24 @@ its own commit, seeing both), else after its commit. So the last of them to
 check sees every job finished. The one gap: a process that dies between
 its commit and that later check (a worker killed at that moment) leaves the
 group open with no unfinished job: every worker looks for such groups now and
-then (:func:`close_stranded_groups`, with its rescue of expired leases) and
-closes them.
+then (:func:`close_stranded_groups`) and closes them.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from django.db import connections, transaction
+from django.db import DatabaseError, OperationalError, connections, transaction
 from django.db.models import Count, Exists, OuterRef, Q, QuerySet
 from django.utils import timezone
 
 from async_jobs.inserting import insert_job
 from async_jobs.models import FINISHED, Group, Job, held
 from async_jobs.notifications import notify_on_commit
+
+logger = logging.getLogger("async_jobs")
 
 
 def held_run_after(run_after: object) -> datetime:
@@ -180,9 +183,9 @@ def _close_after_commit(group_ids: list[int], using: str) -> None:
 
 
 def delete_jobs(jobs: QuerySet[Job]) -> None:
-    """Delete jobs, and close the groups left with none pending.
+    """Delete jobs, and close the groups left with none unfinished.
 
-    A bare ``delete()`` of a group's last pending job would leave the group
+    A bare ``delete()`` of a group's last unfinished job would leave the group
     open for ever, and its completion job held.
     """
     using = jobs.db
@@ -196,10 +199,13 @@ def close_stranded_groups(using: str, limit: int = 100) -> None:
     """Close the open groups whose jobs have all finished but that no check
     closed: the process that was to check one after its commit died first.
 
-    A worker calls it now and then in its claim's transaction. It takes each
-    group's lock without waiting, as anyone who may hold job rows must: a
-    group whose lock is taken is being decided by its holder. PostgreSQL
-    only: elsewhere no check waits for a commit (the lock is had at once).
+    Every worker calls it now and then (``hooks.sweep()``), in a short
+    transaction with no job locked. Each group's lock is tried without
+    waiting: one whose lock is taken is being decided by its holder. Only
+    where the database can skip locked rows (PostgreSQL, not SQLite, where
+    the group's lock is always had at once, so no check waits for a commit).
+    A group that can't be closed is logged and left to the next sweep, so
+    that the others are closed and the worker goes on.
     """
     if not connections[using].features.has_select_for_update_skip_locked:
         return
@@ -212,7 +218,14 @@ def close_stranded_groups(using: str, limit: int = 100) -> None:
         .order_by("pk")[:limit]
     )
     for group in stranded:
-        _close_if_finished(group, using)
+        # Read before the lock was granted: _close_if_finished() counts again.
+        try:
+            with transaction.atomic(using=using):
+                _close_if_finished(group, using)
+        except DatabaseError as exc:
+            if isinstance(exc, OperationalError):
+                raise
+            logger.error("Could not close %s: %s", group, exc)
 
 
 def _close_if_finished(group: Group, using: str) -> None:

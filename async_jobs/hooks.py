@@ -2,9 +2,10 @@
 
 The models and the run path call the functions here; ``AsyncJobsConfig.ready()``
 registers what answers them: the scheduling features (groups, series) when
-jobs reach a final status, the run path for ``Job.execute()``, and the
-django.tasks integration for a job that names a ``Task`` rather than a plain
-function. A new feature plugs in the same way (docs/architecture.rst).
+jobs reach a final status and when a worker sweeps, the run path for
+``Job.execute()``, and the django.tasks integration for a job that names a
+``Task`` rather than a plain function. A new feature plugs in the same way
+(docs/architecture.rst).
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ from typing import Any
 #: with the jobs it concerns.
 _settled: list[tuple[Callable[[Sequence[Any], str], None], Callable[[Any], bool]]] = []
 _executor: list[Callable[[Any], Any]] = []
+#: Called now and then by every worker, in a short transaction of its own
+#: with no job locked, each with the jobs' database.
+_sweeps: list[Callable[[str], None]] = []
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,18 @@ def settled(jobs: Sequence[Any], using: str) -> None:
         mine = [job for job in jobs if concerns(job)]
         if mine:
             hook(mine, using)
+
+
+def on_sweep(hook: Callable[[str], None]) -> None:
+    """Call ``hook(using)`` now and then from every worker: a feature mends
+    there what a process that died half-way left behind."""
+    if hook not in _sweeps:
+        _sweeps.append(hook)
+
+
+def sweep(using: str) -> None:
+    for hook in _sweeps:
+        hook(using)
 
 
 def set_executor(executor: Callable[[Any], Any]) -> None:

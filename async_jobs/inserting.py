@@ -5,16 +5,16 @@ Every path that inserts a job goes through ``insert_job()`` or
 ``insert_jobs()`` writes many with one statement: on PostgreSQL the rows travel
 as one JSON document that the server unpacks with ``jsonb_to_recordset()``:
 Python's C encoder writes it, where ``bulk_create()`` prepares every field of
-every row in Python, three times as slow for a job row of 17 columns. Columns
-NULL in every row are left out of the document (for new jobs, a third of them:
-a third less for the server to unpack). Elsewhere ``bulk_create()`` does it.
+every row in Python, three times as slow for a job's row. Columns
+NULL in every row are left out of the document (7 of 21 for new jobs: a
+fifth less of the server's time). Elsewhere ``bulk_create()`` does it.
 Either way the jobs get their primary keys, as ``bulk_create()`` gives them.
 
 ``insert_job()`` writes one job on PostgreSQL (psycopg 3) with a fixed
 ``INSERT`` of the model's columns, built once, whose values psycopg sends
 apart from the statement (server-side binding, an unnamed statement: it works
 behind PgBouncer's transaction pooling). Django's ``save()`` compiles the
-statement and prepares all 19 fields in Python for every job, and Django's
+statement and prepares all 22 fields in Python for every job, and Django's
 cursor merges the values into the SQL text in Python: together two thirds of
 what ``schedule()`` cost in a transaction. It goes through Django's cursor
 wrapper all the same, so ``connection.execute_wrapper()`` and query logging
@@ -223,8 +223,7 @@ def _insert_rows(jobs: list[Job], using: str) -> None:
     if not listens(using):  # not PostgreSQL with psycopg 3
         Job.objects.using(using).bulk_create(jobs)
         return
-    # Columns that are NULL in every row are left out, as _insert_row() leaves
-    # them out of its row: the server unpacks a third fewer fields.
+    # Columns NULL in every row are left out (see the module's docstring).
     columns = _row_columns(connection.alias)
     given = tuple(
         index

@@ -189,6 +189,12 @@ def _record_update(alias: str, leased: bool) -> tuple[str, list[Field]]:
     return sql, fields
 
 
+def _storable(text: str) -> str:
+    """An exception's text as a text column takes it: PostgreSQL refuses NUL
+    characters, and an error that can't be recorded would be retried for ever."""
+    return text.replace("\x00", "\\x00")
+
+
 def retry_delay(attempt: int, config: JobsSettings) -> timedelta:
     """The wait before the attempt after ``attempt`` (1 for the first).
 
@@ -559,8 +565,10 @@ class Job(models.Model):
         Error.objects.using(using).create(
             job=self,
             attempt=self.attempts,
-            exception=f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}",
-            traceback="".join(traceback.format_exception(exc)),
+            exception=_storable(
+                f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+            ),
+            traceback=_storable("".join(traceback.format_exception(exc))),
             occurred=now,
         )
         return now

@@ -7,7 +7,9 @@ own (see ``claiming.py`` for the lock, ``execution.py`` for the bookkeeping).
 A non-atomic job (long jobs) is claimed alone: its claim commits it
 ``running`` under a lease, then it runs with no transaction open, and its
 outcome is recorded in a transaction of its own. Before claiming, now and
-then, the worker rescues the running jobs whose lease expired.
+then, the worker rescues the running jobs whose lease expired and, in a
+transaction before the claim's, lets the features mend what a dead process
+left half-done (``hooks.sweep()``: a group left open).
 
 ``run()`` stops when nothing is due. ``loop()`` then waits instead: for a
 notification (PostgreSQL, see ``notifications.py``), for the next
@@ -38,8 +40,10 @@ from django.db import (
     OperationalError,
     close_old_connections,
     connections,
+    transaction,
 )
 
+from async_jobs import hooks
 from async_jobs.claiming import claim, claim_transaction, worth_claiming
 from async_jobs.conf import jobs_settings
 from async_jobs.execution import (
@@ -54,7 +58,6 @@ from async_jobs.execution import (
     run_non_atomic,
     start_non_atomic,
 )
-from async_jobs.groups import close_stranded_groups
 from async_jobs.models import Job
 from async_jobs.notifications import Listener, ListenerLost, Wakeup, listens
 
@@ -155,6 +158,9 @@ class Worker:
         self.last_claim = time.monotonic()
         if not worth_claiming(self.using, self.queues):
             return False  # SQLite: nothing due, so no write lock taken
+        rescuing = self._rescue_due()
+        if rescuing:
+            self._sweep()
         long_job: Job | None = None
         attempted: list[Job] = []
 
@@ -169,7 +175,8 @@ class Worker:
                     # Asked while waiting for SQLite's write lock, which keeps a
                     # signal handler from running until it is granted.
                     return False
-                self._rescue()
+                if rescuing:
+                    self._rescue()
                 jobs = claim(self.using, self.queues, limit, savepoint=True)
                 # Atomic jobs run here; a non-atomic job alone, after its claim
                 # commits. Claimed jobs the batch stops before are released.
@@ -199,9 +206,13 @@ class Worker:
             # An OperationalError is the database's trouble, not the jobs'
             # (a lost connection, a lock, a serialization failure): they run
             # again once it answers.
-            if isinstance(error, OperationalError) or not attempted or long_job:
+            if (
+                isinstance(error, OperationalError)
+                or not attempted
+                or long_job is not None
+            ):
                 raise
-            self._commit_refused(attempted, error)
+            self._refused(attempted, error)
             return True
         for outcome in outcomes:
             self._count(outcome)
@@ -211,41 +222,50 @@ class Worker:
                 self._count(recorded)
         return bool(jobs)
 
-    def _commit_refused(self, attempted: list[Job], error: DatabaseError) -> None:
-        """The database refused what the jobs wrote, once they had returned:
-        deferred constraints (Django's foreign keys are deferred on PostgreSQL
-        and SQLite) and constraint triggers are only checked at the commit.
-        Nothing was written, their attempts included. A job run alone is
-        charged the attempt; a batch's jobs are claimed again one at a time, so
-        that the one at fault is."""
+    def _refused(self, attempted: list[Job], error: DatabaseError) -> None:
+        """The database refused the jobs' transaction once they had run: most
+        often at the commit, where deferred constraints (Django's foreign keys
+        are deferred on PostgreSQL and SQLite) and constraint triggers are
+        checked. Nothing was written, their attempts included. A job run alone
+        is charged the attempt; a batch's jobs are claimed again one at a time,
+        so that the one at fault is."""
         if len(attempted) > 1:
             logger.error(
-                "The commit of a batch of %s jobs failed (%s); running them one "
-                "at a time to find the job at fault.",
+                "The database refused the transaction of a batch of %s jobs (%s); "
+                "running them one at a time to find the job at fault.",
                 len(attempted),
                 what_failed(error),
             )
             self.alone = len(attempted)
             return
         lost = lost_attempt(
-            attempted[0], f"its writes failed at the commit: {error}", error
+            attempted[0], f"the database refused its transaction: {error}", error
         )
         logger.error("Job %s: %s", lost.job_id, lost.reason)
         self.owed.append(lost)
         self._pay_owed()
 
-    def _rescue(self) -> None:
-        """Now and then, in the claim's transaction: charge the running jobs
-        whose lease expired (their worker is gone), so they run again, and
-        close the groups a dead process left open."""
+    def _rescue_due(self) -> bool:
+        """Whether to look again for what dead workers left behind."""
         now = time.monotonic()
         if now - self.last_rescue < min(RESCUE_INTERVAL, jobs_settings().lease / 4):
-            return
+            return False
         self.last_rescue = now
+        return True
+
+    def _sweep(self) -> None:
+        """Let the features mend what a dead process left half-done (a group
+        left open), in a short transaction of its own: what they lock is not
+        held while the batch's jobs run."""
+        with transaction.atomic(using=self.using):
+            hooks.sweep(self.using)
+
+    def _rescue(self) -> None:
+        """In the claim's transaction: charge the running jobs whose lease
+        expired (their worker is gone), so they run again."""
         for outcome in rescue_expired(self.using):
             if outcome.status == Outcome.RETRY:
                 self._expect(outcome.job.run_after.timestamp() - time.time())
-        close_stranded_groups(self.using)
 
     def _pay_owed(self) -> None:
         """Record the attempts whose transaction was lost (a DatabaseError if the

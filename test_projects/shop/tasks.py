@@ -20,6 +20,7 @@ from django.db.models.functions import Coalesce
 
 from async_jobs import Job, job
 from async_jobs.execution import current_job
+from async_jobs.models import FINISHED
 from shop.models import Mark, Order, Receipt
 from shop.waiting import await_file
 
@@ -163,11 +164,13 @@ def write_then_wait(label: str, flag: str, limit: float = 30) -> str:
 
 
 def count_unfinished_members(reference: str) -> int:
-    """A completion job: how many jobs of its group were still pending when it ran."""
+    """A completion job: how many jobs of its group were unfinished when it ran."""
     Mark.objects.create(label=f"completed {reference}")
-    return Job.objects.filter(
-        group__reference=reference, status=Job.Status.PENDING
-    ).count()
+    return (
+        Job.objects.filter(group__reference=reference)
+        .exclude(status__in=FINISHED)
+        .count()
+    )
 
 
 @job(queue="mail", priority=5, max_attempts=2)
@@ -404,3 +407,9 @@ def write_dangling_receipt(order_id: int) -> None:
     """A write whose foreign key is only checked at COMMIT (Django's foreign
     keys are DEFERRABLE INITIALLY DEFERRED on PostgreSQL)."""
     Receipt.objects.create(order_id=order_id)
+
+
+def raise_with_nul(label: str) -> None:
+    """A failure whose message holds a NUL character (PostgreSQL's text
+    columns refuse it)."""
+    raise RuntimeError(f"{label}\x00byte")

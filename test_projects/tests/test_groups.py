@@ -14,7 +14,7 @@ from shop.models import Mark
 from async_jobs import Group, Job, deschedule, schedule
 from async_jobs.models import HELD, GroupProgress
 
-from .conftest import finish, jobs_run, manage, wait_until
+from .conftest import backend_gone, finish, jobs_run, manage, wait_until
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -323,16 +323,16 @@ def test_cancel_after_scheduling_into_the_group_waits_for_a_running_member_witho
     assert marks() == ["running", "added", "done"]
 
 
-def _backend_waiting_for_a_lock(timeout: float = 20) -> int | None:
-    """Another backend of this database that waits for a lock, seen from here."""
+def _backend_waiting_for_me(timeout: float = 20) -> int | None:
+    """The backend that waits for a lock this session holds, seen from here."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with connection.cursor() as cursor:
             # Inside a transaction the statistics are read once, then kept.
             cursor.execute("SELECT pg_stat_clear_snapshot()")
             cursor.execute(
-                "SELECT pid FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
-                "AND datname = current_database() AND pid <> pg_backend_pid()"
+                "SELECT pid FROM pg_stat_activity "
+                "WHERE pg_backend_pid() = ANY(pg_blocking_pids(pid))"
             )
             row = cursor.fetchone()
         if row:
@@ -341,10 +341,19 @@ def _backend_waiting_for_a_lock(timeout: float = 20) -> int | None:
     return None
 
 
-def _backend_gone(pid: int) -> bool:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT 1 FROM pg_stat_activity WHERE pid = %s", [pid])
-        return cursor.fetchone() is None
+def _strand(reference: str) -> tuple[Job, Job]:
+    """A group left as a worker killed before its check leaves it: its one
+    member succeeded, the group open, the completion job held."""
+    member = schedule("shop.tasks.record", args=["member"], meta={"group": reference})
+    completion = schedule(
+        "shop.tasks.count_unfinished_members",
+        args=[reference],
+        meta={"completes": reference},
+    )
+    Job.objects.filter(pk=member.pk).update(
+        status=Job.Status.SUCCEEDED, attempts=1, finished=timezone.now()
+    )
+    return member, completion
 
 
 @pytest.mark.processes
@@ -363,11 +372,11 @@ def test_a_group_left_open_by_a_killed_worker_is_closed_by_the_next(
     with transaction.atomic():
         Group.objects.select_for_update().get(reference="G")
         worker = start_manage("flush_queue")
-        backend = _backend_waiting_for_a_lock()
+        backend = _backend_waiting_for_me()
         worker.kill()  # its child too (PR_SET_PDEATHSIG)
         code, out, err = finish(worker)
         assert backend is not None, (code, out, err)
-    wait_until(lambda: _backend_gone(backend), "the dead worker's backend to end")
+    wait_until(lambda: backend_gone(backend), "the dead worker's backend to end")
     member.refresh_from_db()
     group = Group.objects.get()
     completion.refresh_from_db()
@@ -383,3 +392,37 @@ def test_a_group_left_open_by_a_killed_worker_is_closed_by_the_next(
     assert group.finished is not None
     assert (completion.status, completion.result) == (Job.Status.SUCCEEDED, 0)
     assert marks() == ["member", "completed G"]
+
+
+@pytest.mark.processes
+def test_a_stranded_group_is_closed_without_holding_its_lock_while_jobs_run(
+    on_postgres, start_manage, tmp_path
+):
+    """The worker closes a stranded group in a transaction of its own: a
+    schedule() into the group doesn't wait for the batch the worker runs next."""
+    if not on_postgres:
+        pytest.skip("no group is left open on SQLite")
+    _member, completion = _strand("G")
+    started, release = tmp_path / "started", tmp_path / "release"
+    schedule(
+        "shop.tasks.write_then_hold",
+        args=["held", str(started), str(release)],
+        meta={"priority": 100},
+    )
+    worker = start_manage("flush_queue")
+    wait_until(started.exists, "the job to run", process=worker)
+    try:
+        with transaction.atomic():
+            with connection.cursor() as cursor:
+                cursor.execute("SET LOCAL lock_timeout = '2s'")
+            added = schedule("shop.tasks.record", args=["added"], meta={"group": "G"})
+    finally:
+        release.touch()
+    code, out, err = finish(worker)
+
+    assert code == 0, err
+    assert jobs_run(out) == 3  # the held job, the completion job, the job added
+    closed, opened = Group.objects.order_by("pk")
+    assert closed.finished is not None and added.group_id == opened.pk
+    completion.refresh_from_db()
+    assert completion.status == Job.Status.SUCCEEDED

@@ -332,24 +332,30 @@ def test_a_group_waits_for_its_running_member(start_manage, tmp_path):
     # A non-atomic member is `running` while it runs, not `pending`: the group
     # must not finish, nor release its completion job, when another member
     # finishes meanwhile.
-    started = tmp_path / "started"
-    running = long_job("slow", started, 3, group="g", priority=10)
+    started, release = tmp_path / "started", tmp_path / "release"
+    running = schedule(
+        "shop.tasks.write_then_hold",
+        args=["slow", str(started), str(release)],
+        meta={"atomic": False, "group": "g", "priority": 10},
+    )
     quick = schedule("shop.tasks.record", args=["quick"], meta={"group": "g"})
     completion = schedule(
         "shop.tasks.count_unfinished_members", args=["g"], meta={"completes": "g"}
     )
     worker = start_manage("flush_queue", "--jobs", "1")
     wait_until(started.exists, "the long job to start", process=worker)
+    try:
+        quick.execute()
 
-    quick.execute()
-
-    group = Group.objects.get(reference="g")
-    completion.refresh_from_db()
-    assert group.finished is None
-    assert completion.run_after == held()
-    progress = group.progress()
-    assert (progress.running, progress.succeeded, progress.done) == (1, 1, 1)
-    assert not progress.finished
+        group = Group.objects.get(reference="g")
+        completion.refresh_from_db()
+        assert group.finished is None
+        assert completion.run_after == held()
+        progress = group.progress()
+        assert (progress.running, progress.succeeded, progress.done) == (1, 1, 1)
+        assert not progress.finished
+    finally:
+        release.touch()
     code, _out, err = finish(worker)
     assert code == 0, err
     running.refresh_from_db()

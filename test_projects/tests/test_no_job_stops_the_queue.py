@@ -188,7 +188,7 @@ def refused_at_commit(on_postgres):
 @pytest.mark.parametrize("batch", ["1", "3"])
 def test_any_refusal_at_the_commit_is_charged(run_manage, refused_at_commit, batch):
     # Not only a foreign key: whatever the database refuses at the commit,
-    # short of losing the connection, is charged to the job that wrote it.
+    # short of an OperationalError, is charged to the job that wrote it.
     refused = first_in_line("shop.tasks.record", ["refused"])
     good = five_good_jobs()
 
@@ -207,3 +207,23 @@ def test_any_refusal_at_the_commit_is_charged(run_manage, refused_at_commit, bat
         job.refresh_from_db()
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
     assert "Ran 6 jobs" in runs[0][0], runs[0]
+
+
+def test_a_failure_whose_message_holds_a_nul_is_recorded(run_manage):
+    # PostgreSQL's text columns refuse NUL: the Error row couldn't be written,
+    # so the attempt was never recorded and the job stayed first in line.
+    nul = first_in_line("shop.tasks.raise_with_nul", ["bad"], max_attempts=1)
+    good = five_good_jobs()
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    nul.refresh_from_db()
+    assert (nul.status, nul.attempts) == (Job.Status.FAILED, 1)
+    [error] = nul.errors.all()
+    assert error.exception == "builtins.RuntimeError: bad\\x00byte"
+    assert "bad\\x00byte" in error.traceback
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert "Ran 6 jobs" in out, out

@@ -213,3 +213,23 @@ def test_a_job_scheduled_into_a_finished_group_starts_a_new_one(flush_queue):
     assert first.group.finished is not None
     assert second.group_id != first.group_id
     assert second.group.finished is None
+
+
+def test_a_column_set_in_some_rows_only_is_written_for_each():
+    # Columns NULL in every row are left out of the INSERT; one set in some
+    # rows is written for all of them, NULL where it isn't set.
+    with transaction.atomic():
+        grouped, alone = schedule_many(
+            [
+                {"function": "shop.tasks.noop", "meta": {"group": "g"}},
+                {"function": "shop.tasks.noop"},
+            ]
+        )
+    stored = {job.pk: job for job in Job.objects.all()}
+    assert stored[grouped.pk].group_id == grouped.group_id is not None
+    assert stored[alone.pk].group_id is None
+    for returned in (grouped, alone):
+        for field in Job._meta.concrete_fields:
+            assert getattr(stored[returned.pk], field.attname) == getattr(
+                returned, field.attname
+            ), field
