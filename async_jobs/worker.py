@@ -94,6 +94,29 @@ def what_failed(exc: BaseException) -> str:
     return ", then: ".join(messages)
 
 
+#: SQLSTATE classes and codes of errors that are the database's trouble, not
+#: the job's: connection lost (08), transaction rollback (40: serialization
+#: failure, deadlock), insufficient resources (53), a lock not available
+#: (55P03), the server shutting down (57P01-57P03).
+_TRANSIENT_SQLSTATES = ("08", "40", "53", "55P03", "57P")
+
+
+def _databases_trouble(error: DatabaseError) -> bool:
+    """Whether the jobs' transaction failed for the database's sake, not for
+    what the jobs did: the jobs then run again, uncharged, once it answers.
+
+    An ``OperationalError`` without a known SQLSTATE (SQLite's "database is
+    locked", a closed connection) is; one with another SQLSTATE, such as a
+    statement timeout in a deferred trigger at the commit, is the job's: it
+    would fail the same way every time.
+    """
+    if not isinstance(error, OperationalError):
+        return False
+    cause = error.__cause__
+    sqlstate = getattr(cause, "sqlstate", None) or getattr(cause, "pgcode", None)
+    return not sqlstate or sqlstate.startswith(_TRANSIENT_SQLSTATES)
+
+
 @dataclass
 class Worker:
     using: str
@@ -203,14 +226,7 @@ class Worker:
             self._pay_owed()
             return True
         except DatabaseError as error:
-            # An OperationalError is the database's trouble, not the jobs'
-            # (a lost connection, a lock, a serialization failure): they run
-            # again once it answers.
-            if (
-                isinstance(error, OperationalError)
-                or not attempted
-                or long_job is not None
-            ):
+            if _databases_trouble(error) or not attempted or long_job is not None:
                 raise
             self._refused(attempted, error)
             return True

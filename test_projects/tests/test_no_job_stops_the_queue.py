@@ -157,9 +157,10 @@ def test_a_job_whose_writes_fail_at_the_commit_is_charged(run_manage, batch):
 
 @pytest.fixture
 def refused_at_commit(on_postgres):
-    """A deferred constraint trigger that refuses a ``Mark`` labelled
-    "refused" at the commit, with a PL/pgSQL exception (psycopg raises a ProgrammingError,
-    not an IntegrityError), as a project's own deferred checks may."""
+    """A deferred constraint trigger that refuses, at the commit, a ``Mark``
+    labelled "refused" with a PL/pgSQL exception (psycopg raises a
+    ProgrammingError, not an IntegrityError), or "refused:SQLSTATE" with that
+    SQLSTATE, as a project's own deferred checks may."""
     if not on_postgres:
         pytest.skip("deferred constraint triggers are PostgreSQL's")
     with connection.cursor() as cursor:
@@ -167,8 +168,12 @@ def refused_at_commit(on_postgres):
             """
             CREATE FUNCTION shop_refuse_mark() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                IF NEW.label = 'refused' THEN
-                    RAISE EXCEPTION 'mark % refused at the commit', NEW.label;
+                IF NEW.label LIKE 'refused%' THEN
+                    RAISE EXCEPTION USING
+                        MESSAGE = format('mark %s refused at the commit', NEW.label),
+                        ERRCODE = coalesce(
+                            nullif(split_part(NEW.label, ':', 2), ''), 'P0001'
+                        );
                 END IF;
                 RETURN NULL;
             END $$;
@@ -227,3 +232,38 @@ def test_a_failure_whose_message_holds_a_nul_is_recorded(run_manage):
         job.refresh_from_db()
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
     assert "Ran 6 jobs" in out, out
+
+
+def test_an_operational_error_of_the_jobs_doing_is_charged(
+    run_manage, refused_at_commit
+):
+    # A statement timeout in the job's deferred check would come back every
+    # time: an OperationalError, but the job's, not the database's trouble.
+    refused = first_in_line("shop.tasks.record", ["refused:57014"])
+    good = five_good_jobs()
+
+    runs = run_until_failed(run_manage, refused)
+
+    assert (refused.status, refused.attempts) == (Job.Status.FAILED, 2), runs
+    for exception in refused.errors.values_list("exception", flat=True):
+        assert exception.startswith("django.db.utils.OperationalError: "), exception
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+
+
+def test_the_databases_trouble_at_the_commit_is_not_charged(
+    run_manage, refused_at_commit
+):
+    # A serialization failure is the database's trouble: the cron run ends as
+    # when the database is lost, and the job is run again, its attempt uncounted.
+    refused = first_in_line("shop.tasks.record", ["refused:40001"])
+
+    code, _out, err = run_manage("flush_queue")
+
+    assert code != 0
+    assert "Database 'default' failed during the run" in err, err
+    refused.refresh_from_db()
+    assert (refused.status, refused.attempts) == (Job.Status.PENDING, 0)
+    assert not refused.errors.exists()
+    assert not Mark.objects.exists()
