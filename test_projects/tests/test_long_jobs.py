@@ -48,12 +48,16 @@ def alive(pid: int) -> bool:
 
 
 def idle_in_transaction() -> list:
-    """Sessions of the test database idle in a transaction, this one aside."""
+    """Sessions of the test database idle in a transaction for more than a
+    moment, this one aside. A worker's transaction is idle for an instant
+    between two of its statements (its rescue, then its claim): that holds
+    nothing for long, and is not what is looked for."""
     with connection.cursor() as cursor:
         cursor.execute(
             "SELECT pid, state, query FROM pg_stat_activity WHERE datname = "
             "current_database() AND pid <> pg_backend_pid() AND state LIKE "
-            "'idle in transaction%%'"
+            "'idle in transaction%%' "
+            "AND clock_timestamp() - state_change > interval '0.25 seconds'"
         )
         return cursor.fetchall()
 
