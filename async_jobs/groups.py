@@ -57,7 +57,7 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from django.db import DatabaseError, OperationalError, connections, transaction
-from django.db.models import Count, Exists, OuterRef, Q, QuerySet
+from django.db.models import Exists, OuterRef, QuerySet
 from django.utils import timezone
 
 from async_jobs.inserting import insert_job
@@ -229,15 +229,12 @@ def close_stranded_groups(using: str, limit: int = 100) -> None:
 
 
 def _close_if_finished(group: Group, using: str) -> None:
-    """With the group locked: if its last job has finished, release its completion."""
-    if group.finished is not None:
-        return
-    # Not only pending jobs: a non-atomic job is `running` while it runs.
-    unfinished = ~Q(status__in=FINISHED)
-    counts = group.jobs.using(using).aggregate(
-        total=Count("id"), unfinished=Count("id", filter=unfinished)
-    )
-    if not counts["total"] or counts["unfinished"]:
+    """With the group locked: if its last job has finished, release its completion.
+
+    ``Group.progress()`` says what finished means (no job pending or running),
+    for this check and for whoever follows a group alike.
+    """
+    if group.finished is not None or not group.progress().finished:
         return
     group.finished = timezone.now()
     group.save(using=using, update_fields=["finished"])
