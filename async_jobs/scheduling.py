@@ -14,6 +14,7 @@ from types import NoneType
 from typing import Any, TypeVar
 
 from django.db import DEFAULT_DB_ALIAS, connections, transaction
+from django.utils import timezone
 
 from async_jobs.allowlist import function_path, resolve
 from async_jobs.conf import jobs_database, jobs_settings
@@ -68,6 +69,9 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
     """
     jobs: list[Job] = []
     resolved: set[str] = set()
+    # One instant for the whole call: the rows are written by one statement,
+    # and alike columns travel once (inserting.py).
+    now = timezone.now()
     for index, call in enumerate(calls):
         where = f"calls[{index}]"
         if not isinstance(call, Mapping):
@@ -84,7 +88,7 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
         if "function" not in call:
             raise TypeError(f"{where} has no 'function'.")
         try:
-            job = build_job(**call, resolved=resolved)
+            job = build_job(**call, resolved=resolved, now=now)
         except (TypeError, ValueError, ImportError) as exc:
             raise type(exc)(f"{where}: {exc}") from exc
         for key, reason in _ONE_AT_A_TIME.items():
@@ -107,10 +111,12 @@ def build_job(
     meta: Mapping[str, Any] | None = None,
     *,
     resolved: set[str] | None = None,
+    now: datetime | None = None,
 ) -> Job:
     """Check schedule()'s arguments and return the unsaved ``Job`` they make.
 
     ``resolved``: dotted paths already checked by this caller, to skip.
+    ``now``: the job's ``created``, and what ``run_after`` counts from.
     """
     config = jobs_settings()
     name = function_path(function)
@@ -120,7 +126,9 @@ def build_job(
             resolved.add(name)
     args, kwargs = check_arguments(args, kwargs)
     check_call(name, args, kwargs)
-    when = resolve_run_after(run_after)
+    if now is None:
+        now = timezone.now()
+    when = resolve_run_after(run_after, now)
     meta = stamp(validate_meta(meta, config))
     return _new_job(
         name=name,
@@ -131,6 +139,7 @@ def build_job(
         priority=meta.get("priority", 0),
         run_after=_first_run_after(meta, run_after, when),
         max_attempts=meta.get("max_attempts", config.max_attempts),
+        created=now,
     )
 
 

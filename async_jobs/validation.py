@@ -227,9 +227,12 @@ def check_storable(value: datetime, what: str) -> datetime:
     return value
 
 
-def resolve_run_after(run_after: datetime | timedelta | None) -> datetime:
+def resolve_run_after(
+    run_after: datetime | timedelta | None, now: datetime | None = None
+) -> datetime:
     """When a job becomes due: now, now + a delta, or the datetime given."""
-    now = timezone.now()
+    if now is None:
+        now = timezone.now()
     if run_after is None:
         return now
     if isinstance(run_after, timedelta):

@@ -233,3 +233,74 @@ def test_a_column_set_in_some_rows_only_is_written_for_each():
             assert getattr(stored[returned.pk], field.attname) == getattr(
                 returned, field.attname
             ), field
+
+
+def assert_stored_as_returned(jobs):
+    stored = {job.pk: job for job in Job.objects.all()}
+    assert sorted(stored) == sorted(job.pk for job in jobs)
+    for returned in jobs:
+        for field in Job._meta.concrete_fields:
+            assert getattr(stored[returned.pk], field.attname) == getattr(
+                returned, field.attname
+            ), field
+
+
+def test_calls_alike_in_every_column_are_each_written():
+    # Columns alike in every row travel once; when every column is alike the
+    # INSERT has no document at all, only the number of rows.
+    call = {"function": "shop.tasks.noop", "meta": {"queue": "mail"}}
+    with transaction.atomic(), CaptureQueriesContext(connection) as queries:
+        jobs = schedule_many([call, call, call])
+
+    assert [q["sql"].split()[0] for q in queries] == ["INSERT"]
+    assert len({job.pk for job in jobs}) == 3
+    assert_stored_as_returned(jobs)
+    assert list(Job.objects.values_list("args", "queue").distinct()) == [([], "mail")]
+
+
+def test_values_python_finds_equal_keep_their_own_json():
+    # 1 == True == 1.0 in Python, not in JSON: none may stand for the others.
+    calls = [
+        {"function": "shop.tasks.echo", "args": [value], "kwargs": {"k": value}}
+        for value in (1, True, 1.0)
+    ]
+    jobs = schedule_many(calls)
+
+    assert_stored_as_returned(jobs)
+    stored = [Job.objects.get(pk=job.pk) for job in jobs]
+    assert [(type(j.args[0]), type(j.kwargs["k"])) for j in stored] == [
+        (int, int),
+        (bool, bool),
+        (float, float),
+    ]
+
+
+def test_the_jobs_of_one_call_are_created_at_one_instant():
+    before = timezone.now()
+    now, later = schedule_many(
+        [
+            {"function": "shop.tasks.noop"},
+            {"function": "shop.tasks.noop", "run_after": timedelta(minutes=5)},
+        ]
+    )
+
+    assert before <= now.created == now.run_after == later.created <= timezone.now()
+    assert later.run_after == later.created + timedelta(minutes=5)
+    assert_stored_as_returned([now, later])
+
+
+@pytest.mark.parametrize("alike", [True, False], ids=["alike", "varying"])
+def test_a_value_too_long_for_its_column_is_refused_not_cut(on_postgres, alike):
+    from django.db import DataError
+
+    from async_jobs.inserting import insert_jobs
+    from async_jobs.scheduling import build_job
+
+    if not on_postgres:
+        pytest.skip("SQLite doesn't hold a varchar to its length")
+    jobs = [build_job("shop.tasks.noop") for _ in range(2)]
+    for n, job in enumerate(jobs):
+        job.queue = "q" * 101 if alike else "q" * (100 + n)  # the column holds 100
+    with pytest.raises(DataError, match="too long"), transaction.atomic():
+        insert_jobs(jobs, "default")
+    assert not Job.objects.exists()
