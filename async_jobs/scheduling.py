@@ -50,6 +50,7 @@ def schedule(
 
 #: The keys of a call given to ``schedule_many()``: ``schedule()``'s arguments.
 SCHEDULE_ARGUMENTS = ("function", "args", "kwargs", "run_after", "meta")
+_ARGUMENT_KEYS = frozenset(SCHEDULE_ARGUMENTS)
 
 #: What ``schedule_many()`` can't do in one INSERT, and why.
 _ONE_AT_A_TIME = {
@@ -79,8 +80,8 @@ def schedule_many(calls: Iterable[Mapping[str, Any]]) -> list[Job]:
                 f"{where} must be a dict of schedule()'s arguments, not "
                 f"{type(call).__name__}."
             )
-        unknown = sorted(set(call) - set(SCHEDULE_ARGUMENTS), key=str)
-        if unknown:
+        if not _ARGUMENT_KEYS.issuperset(call):
+            unknown = sorted(set(call) - _ARGUMENT_KEYS, key=str)
             raise TypeError(
                 f"{where} has unknown key(s) {', '.join(map(repr, unknown))}; "
                 f"allowed: {', '.join(SCHEDULE_ARGUMENTS)}."

@@ -21,7 +21,7 @@ the default ``max_stack_depth``).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, TypeAlias
 
 #: Floats from here up are written with an exponent, which ``jsonb`` turns
 #: into an int: 1e23 comes back as 100000000000000000000000, not 1e23.
@@ -33,12 +33,27 @@ FLOAT_LIMIT = 1e16
 MAX_DEPTH = 100
 
 
+#: Where a value sits: a name (``"args"``), or its container's place and its
+#: index or key, spelled out (``args[0]['when']``) only for an error: a
+#: job's arguments are checked on every ``schedule()``.
+Place: TypeAlias = str | tuple["Place", int | str]
+
+
 def check_json(value: Any, where: str) -> None:
     """Raise ``TypeError`` unless ``value`` comes back equal from JSON."""
+    if not value and (type(value) is list or type(value) is dict):
+        return  # most kwargs, many args: nothing to walk
     _check(value, where, set())
 
 
-def _check(value: Any, where: str, enclosing: set[int]) -> None:
+def _spelled(where: Place) -> str:
+    if isinstance(where, str):
+        return where
+    container, key = where
+    return f"{_spelled(container)}[{key!r}]"
+
+
+def _check(value: Any, where: Place, enclosing: set[int]) -> None:
     if value is None or isinstance(value, bool | int):
         return
     if isinstance(value, str):
@@ -46,52 +61,61 @@ def _check(value: Any, where: str, enclosing: set[int]) -> None:
         return
     if isinstance(value, float):
         if not math.isfinite(value):
-            raise TypeError(f"{where}: {value!r} is not allowed in JSON")
+            raise TypeError(f"{_spelled(where)}: {value!r} is not allowed in JSON")
         if abs(value) >= FLOAT_LIMIT:
             raise TypeError(
-                f"{where}: float {value!r} would not come back from JSON unchanged "
-                "(PostgreSQL returns it as an int); pass an int, or a str"
+                f"{_spelled(where)}: float {value!r} would not come back from JSON "
+                "unchanged (PostgreSQL returns it as an int); pass an int, or a str"
             )
         return
     if isinstance(value, tuple):
         raise TypeError(
-            f"{where}: tuple would come back from JSON as a list; pass a list"
+            f"{_spelled(where)}: tuple would come back from JSON as a list; pass a list"
         )
     if not isinstance(value, list | dict):
-        raise TypeError(f"{where}: {type(value).__name__} is not JSON serializable")
+        raise TypeError(
+            f"{_spelled(where)}: {type(value).__name__} is not JSON serializable"
+        )
     if id(value) in enclosing:
-        raise TypeError(f"{where}: contains itself; JSON can't hold a cycle")
+        raise TypeError(f"{_spelled(where)}: contains itself; JSON can't hold a cycle")
     if len(enclosing) >= MAX_DEPTH:
         raise TypeError(
-            f"{where}: lists and dicts nested more than {MAX_DEPTH} levels deep; "
-            "JSON this deep can't be reliably written and read back"
+            f"{_spelled(where)}: lists and dicts nested more than {MAX_DEPTH} levels "
+            "deep; JSON this deep can't be reliably written and read back"
         )
     enclosing.add(id(value))
     if isinstance(value, list):
         for index, item in enumerate(value):
-            _check(item, f"{where}[{index}]", enclosing)
+            _check(item, (where, index), enclosing)
     else:
         for key, item in value.items():
             if not isinstance(key, str):
                 raise TypeError(
-                    f"{where}: key {key!r} is {type(key).__name__}; JSON object "
-                    "keys must be str"
+                    f"{_spelled(where)}: key {key!r} is {type(key).__name__}; JSON "
+                    "object keys must be str"
                 )
-            _check_str(key, f"{where}: key {key!r}")
-            _check(item, f"{where}[{key!r}]", enclosing)
+            _check_str(key, where, key)
+            _check(item, (where, key), enclosing)
     enclosing.discard(id(value))
 
 
-def _check_str(text: str, where: str) -> None:
+def _check_str(text: str, where: Place, key: str | None = None) -> None:
+    """Refuse what ``jsonb`` can't hold; ``key``: ``text`` is this key of a
+    dict at ``where``."""
     if "\x00" in text:
         raise TypeError(
-            f"{where}: str holds a NUL character (\\x00), which PostgreSQL's "
-            "JSON can't store"
+            f"{_located(where, key)}: str holds a NUL character (\\x00), which "
+            "PostgreSQL's JSON can't store"
         )
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
         raise TypeError(
-            f"{where}: str holds {text[exc.start]!r}, a lone surrogate, which is "
-            "not valid Unicode text"
+            f"{_located(where, key)}: str holds {text[exc.start]!r}, a lone "
+            "surrogate, which is not valid Unicode text"
         ) from None
+
+
+def _located(where: Place, key: str | None) -> str:
+    spelled = _spelled(where)
+    return spelled if key is None else f"{spelled}: key {key!r}"

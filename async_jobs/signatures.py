@@ -43,10 +43,18 @@ def call_signature(path: str) -> inspect.Signature | None:
 
 def check_call(path: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Raise ``TypeError`` unless the function at ``path`` accepts the call."""
+    _check_shape(path, len(args), tuple(kwargs))
+
+
+@lru_cache(maxsize=4096)
+def _check_shape(path: str, count: int, keywords: tuple[str, ...]) -> None:
+    """Whether a call binds depends on how many positional arguments it has
+    and which keywords, never on their values: placeholders are bound once
+    per shape of call (a failure, raised, is not cached)."""
     signature = call_signature(path)
     if signature is None:
         return
     try:
-        signature.bind(*args, **kwargs)
+        signature.bind(*[None] * count, **dict.fromkeys(keywords))
     except TypeError as exc:
         raise TypeError(f"{path}{signature} can't be called so: {exc}.") from None

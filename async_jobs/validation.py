@@ -104,6 +104,10 @@ def _meta_error(key: str, value: object) -> ValueError:
 
 def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
     """Check the execution controls; return them as stored in ``Job.meta``."""
+    if (meta is None or meta == {}) and (
+        config.queues is None or "default" in config.queues
+    ):
+        return {}  # most calls: nothing to check
     if meta is None:
         meta = {}
     if not isinstance(meta, Mapping):
@@ -120,8 +124,8 @@ def _check_meta(
     string, of either kind (see ``cron.series_end()``), and a cron
     expression is only checked where croniter is installed.
     """
-    unknown = sorted(set(meta) - set(META_KEYS), key=str)
-    if unknown:
+    if not META_KEYS.keys() >= meta.keys():
+        unknown = sorted(meta.keys() - META_KEYS.keys(), key=str)
         allowed = "; ".join(f"{key!r}: {rule}" for key, rule in META_KEYS.items())
         raise ValueError(
             f"Unknown meta key(s) {', '.join(map(repr, unknown))}. Allowed: {allowed}."

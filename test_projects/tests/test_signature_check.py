@@ -4,7 +4,7 @@ import pytest
 
 from async_jobs import Job, schedule, schedule_many
 from async_jobs.backends import framework as tasks_framework
-from async_jobs.signatures import call_signature
+from async_jobs.signatures import _check_shape, call_signature
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -90,14 +90,28 @@ def test_an_unreadable_signature_is_not_checked(flush_queue):
     assert (job.status, job.result) == (Job.Status.SUCCEEDED, [[1], {"a": 2}])
 
 
-def test_the_signature_is_read_once_per_function():
+def test_the_signature_is_read_once_per_function_and_bound_once_per_shape():
     call_signature.cache_clear()
+    _check_shape.cache_clear()
     schedule("shop.tasks.record", args=["a"])
     schedule("shop.tasks.record", args=["b"])
+    schedule("shop.tasks.record", kwargs={"label": "c"})
     schedule("shop.tasks.add", args=[1, 2])
 
-    info = call_signature.cache_info()
-    assert (info.misses, info.hits) == (2, 1)
+    assert call_signature.cache_info().misses == 2
+    shapes = _check_shape.cache_info()
+    assert (shapes.misses, shapes.hits) == (3, 1)
+
+
+def test_a_call_of_a_shape_that_bound_before_is_still_checked():
+    schedule("shop.tasks.record", args=["a"])
+    with pytest.raises(TypeError, match="missing a required argument: 'label'"):
+        schedule("shop.tasks.record", kwargs={"lable": "a"})
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        schedule("shop.tasks.record", args=["a", "b"])
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        schedule("shop.tasks.record", args=["a", "b"])  # a failure isn't cached
+    assert Job.objects.count() == 1
 
 
 needs_tasks = pytest.mark.skipif(
