@@ -53,8 +53,9 @@ def cursor_query(sql: str, params=()) -> list[tuple]:
 class Worker:
     """A worker process, its output in a log file."""
 
-    def __init__(self, command: list[str], log: Path) -> None:
+    def __init__(self, command: list[str], log: Path, *, ours: bool = False) -> None:
         self.log = log
+        self.ours = ours
         self.process = subprocess.Popen(
             [sys.executable, str(MANAGE), *command],
             stdout=log.open("w"),
@@ -78,8 +79,20 @@ class Worker:
         except subprocess.TimeoutExpired:
             self.process.kill()
             self.process.wait()
-        if self.process.returncode not in (0, -signal.SIGTERM):
+        if self.process.returncode in (0, -signal.SIGTERM):
+            return
+        if self.ours:
             raise RuntimeError(f"a worker failed:\n{self.log.read_text()}")
+        # A peer's failure to stop cleanly, once its jobs are done and
+        # measured, is the peer's to fix: django-tasks-db's db_worker exits
+        # from its signal handler, and a SIGTERM that lands in the commit of
+        # one of its polls ends it with a traceback.
+        last = self.log.read_text().strip().splitlines()[-1:]
+        print(
+            f"warning: a peer's worker exited {self.process.returncode} when "
+            f"stopped: {' '.join(last)}",
+            file=sys.stderr,
+        )
 
 
 def wait_for(condition, what: str, timeout: float = 600) -> None:
@@ -115,7 +128,9 @@ class AsyncJobs:
         schedule_many({"function": name, "args": args} for args in work)
 
     def start_worker(self, log: Path) -> Worker:
-        worker = Worker(["flush_queue", "--loop", "--sleep", self.sleep], log)
+        worker = Worker(
+            ["flush_queue", "--loop", "--sleep", self.sleep], log, ours=True
+        )
         worker.wait_until(lambda text: "Waiting for jobs" in text)
         return worker
 
