@@ -56,8 +56,8 @@ FIRST_PAUSE = 0.5
 MAX_PAUSE = 30.0
 #: After reading its children's reports, the parent waits this long (seconds)
 #: before it reads again. A busy child reports twice per job: waking for each
-#: line took CPU the workers and the database need (on a 2-core machine, 13%
-#: more CPU per job and a drain about as much slower, benchmarks.rst). A dead
+#: line took CPU the workers and the database need (on a 2-core machine, a
+#: sixth more CPU per job and a drain 8-17% slower: benchmarks.rst). A dead
 #: child is charged this much later at most.
 READ_PAUSE = 0.02
 
