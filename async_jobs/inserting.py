@@ -265,12 +265,24 @@ def _insert_rows(jobs: list[Job], using: str) -> None:
 #: The types whose equal values are the same value to the database. Not
 #: float (0.0 == -0.0), nor a list or dict holding any (1 == True in Python,
 #: not in JSON): an empty one is alike only with another empty one.
-_EXACT_TYPES = frozenset({NoneType, bool, int, str, datetime})
+_EXACT_TYPES = frozenset({NoneType, bool, int})
 
 
 def _alike(first: Any, column: list[Any]) -> bool:
     """Whether every value of the column is ``first``, as the database sees it."""
     kind = type(first)
+    if isinstance(first, str):
+        # A str subclass too (Job.Status): the database gets its text.
+        return all(type(value) is kind and str.__eq__(value, first) for value in column)
+    if kind is datetime:
+        # The same wall time in one zone is two instants where a clock goes
+        # back, told apart by fold, which == ignores: compare the offsets too.
+        offset = first.utcoffset()
+        return all(
+            value is first
+            or (type(value) is kind and value == first and value.utcoffset() == offset)
+            for value in column
+        )
     if kind not in _EXACT_TYPES and (kind not in (list, dict) or first):
         return False
     return all(type(value) is kind and value == first for value in column)

@@ -43,7 +43,10 @@ def call_signature(path: str) -> inspect.Signature | None:
 
 def check_call(path: str, args: Sequence[Any], kwargs: Mapping[str, Any]) -> None:
     """Raise ``TypeError`` unless the function at ``path`` accepts the call."""
-    _check_shape(path, len(args), tuple(kwargs))
+    if type(args) in (list, tuple) and type(kwargs) is dict:
+        _check_shape(path, len(args), tuple(kwargs))
+    else:  # arguments as a row holds them, which may be anything
+        _bind(path, args, kwargs)
 
 
 @lru_cache(maxsize=4096)
@@ -51,10 +54,14 @@ def _check_shape(path: str, count: int, keywords: tuple[str, ...]) -> None:
     """Whether a call binds depends on how many positional arguments it has
     and which keywords, never on their values: placeholders are bound once
     per shape of call (a failure, raised, is not cached)."""
+    _bind(path, [None] * count, dict.fromkeys(keywords))
+
+
+def _bind(path: str, args: Any, kwargs: Any) -> None:
     signature = call_signature(path)
     if signature is None:
         return
     try:
-        signature.bind(*[None] * count, **dict.fromkeys(keywords))
+        signature.bind(*args, **kwargs)
     except TypeError as exc:
         raise TypeError(f"{path}{signature} can't be called so: {exc}.") from None

@@ -104,7 +104,7 @@ def _meta_error(key: str, value: object) -> ValueError:
 
 def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
     """Check the execution controls; return them as stored in ``Job.meta``."""
-    if (meta is None or meta == {}) and (
+    if (meta is None or (type(meta) is dict and not meta)) and (
         config.queues is None or "default" in config.queues
     ):
         return {}  # most calls: nothing to check
@@ -124,12 +124,11 @@ def _check_meta(
     string, of either kind (see ``cron.series_end()``), and a cron
     expression is only checked where croniter is installed.
     """
-    if not META_KEYS.keys() >= meta.keys():
-        unknown = sorted(meta.keys() - META_KEYS.keys(), key=str)
+    unknown = set(meta).difference(META_KEYS)
+    if unknown:
+        named = ", ".join(map(repr, sorted(unknown, key=str)))
         allowed = "; ".join(f"{key!r}: {rule}" for key, rule in META_KEYS.items())
-        raise ValueError(
-            f"Unknown meta key(s) {', '.join(map(repr, unknown))}. Allowed: {allowed}."
-        )
+        raise ValueError(f"Unknown meta key(s) {named}. Allowed: {allowed}.")
     if "priority" in meta and not (
         is_int(meta["priority"]) and -100 <= meta["priority"] <= 100
     ):

@@ -96,3 +96,25 @@ def test_rename_refuses_when_a_jobs_arguments_do_not_fit():
     assert f"job {misfit.pk}: shop.tasks.record(" in str(raised.value)
     assert "too many positional arguments" in str(raised.value)
     assert set(Job.objects.values_list("name", flat=True)) == {"shop.tasks.old_record"}
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "problem"),
+    [
+        (["kept"], ["label"], "must be a mapping"),
+        (["kept"], 5, "must be a mapping"),
+        (5, {}, "must be an iterable"),
+    ],
+)
+def test_rename_refuses_a_row_whose_arguments_no_call_could_be(args, kwargs, problem):
+    # A row written by hand, not by schedule(): its arguments are checked as
+    # they are, not as the shape of a call.
+    misfit = left_behind()
+    Job.objects.filter(pk=misfit.pk).update(args=args, kwargs=kwargs)
+
+    with pytest.raises(CommandError) as raised:
+        rename_jobs("shop.tasks.old_record", "shop.tasks.record")
+
+    assert f"job {misfit.pk}: shop.tasks.record(" in str(raised.value)
+    assert problem in str(raised.value)
+    assert Job.objects.get().name == "shop.tasks.old_record"

@@ -1,6 +1,7 @@
 """schedule_many(): many jobs, one INSERT, schedule()'s checks and transaction."""
 
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from zoneinfo import ZoneInfo
 
 import pytest
 from django.db import connection, transaction
@@ -245,17 +246,42 @@ def assert_stored_as_returned(jobs):
             ), field
 
 
-def test_calls_alike_in_every_column_are_each_written():
+def test_calls_alike_in_every_column_are_each_written(on_postgres):
     # Columns alike in every row travel once; when every column is alike the
     # INSERT has no document at all, only the number of rows.
-    call = {"function": "shop.tasks.noop", "meta": {"queue": "mail"}}
+    call = {"function": "shop.tasks.noop"}
     with transaction.atomic(), CaptureQueriesContext(connection) as queries:
         jobs = schedule_many([call, call, call])
 
-    assert [q["sql"].split()[0] for q in queries] == ["INSERT"]
+    [insert] = [q["sql"] for q in queries]
+    assert insert.startswith("INSERT")
+    if on_postgres:
+        assert "generate_series(" in insert
+        assert "jsonb_to_recordset" not in insert
     assert len({job.pk for job in jobs}) == 3
     assert_stored_as_returned(jobs)
-    assert list(Job.objects.values_list("args", "queue").distinct()) == [([], "mail")]
+    assert list(Job.objects.values_list("args", "status").distinct()) == [
+        ([], "pending")
+    ]
+
+
+def test_the_same_wall_time_twice_where_the_clock_goes_back_is_two_instants():
+    # 01:30 in New York happens twice on 3 November 2030 (fold 0 and 1): equal
+    # to Python, an hour apart to the database.
+    new_york = ZoneInfo("America/New_York")
+    first = datetime(2030, 11, 3, 5, 30, tzinfo=UTC).astimezone(new_york)
+    second = datetime(2030, 11, 3, 6, 30, tzinfo=UTC).astimezone(new_york)
+    assert first == second and first.utcoffset() != second.utcoffset()
+
+    jobs = schedule_many(
+        [
+            {"function": "shop.tasks.noop", "run_after": first},
+            {"function": "shop.tasks.noop", "run_after": second},
+        ]
+    )
+
+    stored = [Job.objects.get(pk=job.pk).run_after for job in jobs]
+    assert [moment.astimezone(UTC).hour for moment in stored] == [5, 6]
 
 
 def test_values_python_finds_equal_keep_their_own_json():

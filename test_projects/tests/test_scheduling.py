@@ -6,6 +6,7 @@ import threading
 from datetime import UTC, datetime, timedelta
 from datetime import timezone as fixed_offset
 from decimal import Decimal
+from unittest import mock
 
 import pytest
 from django.core.exceptions import ImproperlyConfigured
@@ -249,6 +250,8 @@ def test_naive_datetime_is_refused():
         ({"timeout": 30 * 86400 + 1}, ValueError, r"meta\['timeout'\] is 2592001;"),
         ({"timeout": 10**12}, ValueError, r"meta\['timeout'\] is 1000000000000;"),
         (["priority"], TypeError, "meta must be a dict"),
+        # Equal to {} without being a dict: still no dict.
+        (mock.ANY, TypeError, "meta must be a dict, not _ANY"),
     ],
 )
 def test_bad_meta_is_refused(meta, error, message):
