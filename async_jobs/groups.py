@@ -234,7 +234,7 @@ def _close_if_finished(group: Group, using: str) -> None:
     ``Group.progress()`` says what finished means (no job pending or running),
     for this check and for whoever follows a group alike.
     """
-    if group.finished is not None or not group.progress().finished:
+    if group.finished is not None or not group.progress(using).finished:
         return
     group.finished = timezone.now()
     group.save(using=using, update_fields=["finished"])

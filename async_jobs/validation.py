@@ -104,8 +104,8 @@ def _meta_error(key: str, value: object) -> ValueError:
 
 def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
     """Check the execution controls; return them as stored in ``Job.meta``."""
-    if (meta is None or (type(meta) is dict and not meta)) and (
-        config.queues is None or "default" in config.queues
+    if (meta is None or (type(meta) is dict and not meta)) and _queue_allowed(
+        "default", config
     ):
         return {}  # most calls: nothing to check
     if meta is None:
@@ -113,6 +113,12 @@ def validate_meta(meta: Mapping[str, Any] | None, config: JobsSettings) -> dict:
     if not isinstance(meta, Mapping):
         raise TypeError(f"meta must be a dict, not {type(meta).__name__}.")
     return _check_meta(meta, config)
+
+
+def _queue_allowed(queue: str, config: JobsSettings | None) -> bool:
+    """Whether a worker may run the queue: ASYNC_JOBS["QUEUES"], if set, names
+    it (``config`` None: not checked)."""
+    return config is None or config.queues is None or queue in config.queues
 
 
 def _check_meta(
@@ -138,7 +144,8 @@ def _check_meta(
         if not isinstance(queue, str) or not queue or len(queue) > QUEUE_MAX_LENGTH:
             raise _meta_error("queue", queue)
     queue = meta.get("queue", "default")
-    if config is not None and config.queues is not None and queue not in config.queues:
+    if not _queue_allowed(queue, config):
+        assert config is not None and config.queues is not None
         raise ValueError(
             f"Queue {queue!r} is not in ASYNC_JOBS['QUEUES'] "
             f"({', '.join(map(repr, config.queues))}); no worker would run it."
