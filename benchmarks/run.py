@@ -2,7 +2,7 @@
 """Benchmark async_jobs beside its peers and bare database loops.
 
     python3 benchmarks/run.py --peers [--database sqlite|postgres] [--jobs N]
-        [--commits N] [--rounds N] [--samples N] [--clients N]
+        [--commits N] [--rounds N] [--samples N] [--clients N] [--lock-seconds N]
     .venv/bin/python benchmarks/run.py [same options]
 
 ``--peers`` makes (or refreshes) the virtualenv ``.venv-bench`` with the
@@ -209,6 +209,29 @@ def clients_report(figures: dict) -> str:
     )
 
 
+def notify_lock_report(figures: dict) -> str:
+    """Commits/s of each way, and NOTIFY after the commit against inside."""
+    from notify_lock import WAYS
+
+    rates = figures["rates"]
+    counts = list(rates["none"])
+    rows = [("pgbench clients", *counts)]
+    for way, label in WAYS.items():
+        rows.append((label, *(f"{rates[way][c]:,.0f}" for c in counts)))
+    rows.append(
+        (
+            "after / inside",
+            *(f"{rates['after'][c] / rates['inside'][c]:.2f}x" for c in counts),
+        )
+    )
+    return table(
+        "PostgreSQL, commits/s of one-job transactions (schedule()'s INSERT) "
+        f"by pgbench's C clients, best of {figures['rounds']} runs of "
+        f"{figures['seconds']} s",
+        rows,
+    )
+
+
 def measure(name: str, options: argparse.Namespace) -> None:
     """Print the figures of one database: peers, many clients, baselines."""
     title = {
@@ -241,6 +264,17 @@ def measure(name: str, options: argparse.Namespace) -> None:
                 settings="peer_settings",
             )  # fmt: skip
             print(f"\n{clients_report(figures)}", flush=True)
+        if name == "postgres" and options.lock_seconds:
+            if (postgres_bindir() / "pgbench").is_file():
+                counts = sorted({1, options.clients or 8, 4 * (options.clients or 8)})
+                figures = run_json(
+                    "notify_lock.py", env, f"--clients={','.join(map(str, counts))}",
+                    f"--seconds={options.lock_seconds}",
+                    f"--rounds={min(options.rounds, 2)}",
+                )  # fmt: skip
+                print(f"\n{notify_lock_report(figures)}", flush=True)
+            else:
+                print("\npgbench is not installed here: skipped notify_lock.py")
         figures = run_json("measure.py", env, *common, f"--sleep={options.sleep[name]}")
     print(
         f"\n{report(title, figures)}\n"
@@ -274,6 +308,12 @@ def main() -> int:
         type=int,
         default=8,
         help="Client processes scheduling at once on PostgreSQL (0: skip).",
+    )
+    parser.add_argument(
+        "--lock-seconds",
+        type=int,
+        default=3,
+        help="Seconds per pgbench run of notify_lock.py on PostgreSQL (0: skip).",
     )
     parser.add_argument(
         "--peers",
