@@ -60,3 +60,28 @@ def test_flush_queue_runs_jobs_from_that_database(flush_queue):
 
     job.refresh_from_db()
     assert job.status == Job.Status.SUCCEEDED
+
+
+class ReadsFromDefault:
+    """A router that sends every read to "default", as to a replica."""
+
+    def db_for_read(self, model, **hints):
+        return "default"
+
+
+def test_a_group_closes_on_its_database_whatever_the_routers_say():
+    from async_jobs import Group
+
+    with transaction.atomic(using="other"):
+        schedule("shop.tasks.noop", meta={"completes": "import"})
+        member = schedule("shop.tasks.noop", meta={"group": "import"})
+    group = Group.objects.using("other").get()
+
+    with override_settings(DATABASE_ROUTERS=[f"{__name__}.ReadsFromDefault"]):
+        # The router would count the group's jobs on "default": none there.
+        assert group.progress().total == 0
+        assert group.progress("other").total == 1
+        member.cancel()
+
+    group.refresh_from_db(using="other")
+    assert group.finished is not None

@@ -416,6 +416,34 @@ def test_the_row_is_written_whole_and_read_back_equal():
 
 
 @pytest.mark.django_db(transaction=True)
+def test_json_values_are_stored_as_the_json_they_are_not_as_text(on_postgres):
+    """The JSON columns travel as JSON text cast to jsonb: a string that looks
+    like JSON stays a string, and nothing is encoded twice."""
+    args = ["[1, 2]", "null", "", '{"a": 1}', "é€😀", 'it\'s \\ "quoted"', 2**53]
+    kwargs = {"nested": {"list": [None, True, 1.5]}, "s": "[]"}
+    seen = []
+
+    def wrapper(execute, sql, params, many, context):
+        seen.append(sql)
+        return execute(sql, params, many, context)
+
+    with connection.execute_wrapper(wrapper):
+        job = schedule("shop.tasks.echo", args=args, kwargs=kwargs)
+    stored = Job.objects.get(pk=job.pk)
+    assert (stored.args, stored.kwargs, stored.meta) == (args, kwargs, {})
+    if not on_postgres:
+        return
+    [insert] = [sql for sql in seen if sql.startswith("INSERT")]
+    assert insert.count("::jsonb") == 4  # args, kwargs, meta, attempt_log
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT jsonb_typeof(args), jsonb_typeof(args->0), jsonb_typeof(args->1),"
+            " jsonb_typeof(kwargs->'s'), result IS NULL FROM async_jobs_job"
+        )
+        assert cursor.fetchone() == ("array", "string", "string", "string", True)
+
+
+@pytest.mark.django_db(transaction=True)
 def test_the_insert_goes_through_djangos_cursor():
     seen = []
 
