@@ -69,6 +69,10 @@ BATCH_TIME_LIMIT = 1.0
 #: Pauses before reconnecting after a database failure: doubling, capped.
 RECONNECT_FIRST_PAUSE = 0.1
 RECONNECT_MAX_PAUSE = 10.0
+#: A job run alone whose transaction the database's trouble loses this many
+#: times in a row is charged the attempt: trouble that comes back every time
+#: is the job's, and it would hold up the queue for ever.
+TROUBLE_STRIKES = 3
 #: The longest a worker goes between two looks for expired leases (seconds);
 #: it looks every quarter of ``ASYNC_JOBS["LEASE"]`` if that is shorter.
 RESCUE_INTERVAL = 5.0
@@ -134,6 +138,8 @@ class Worker:
     owed: list[LostAttempt] = field(default_factory=list)
     #: Claims left to make one job at a time (after a batch's commit failed).
     alone: int = 0
+    #: Times in a row the database's trouble lost a job's transaction, by id.
+    strikes: dict[int, int] = field(default_factory=dict)
     # loop() only: when the jobs it knows of are due (a heap, monotonic clock),
     # when it last looked for due jobs, and the socket pair a stop request wakes.
     due_times: list[float] = field(default_factory=list)
@@ -226,11 +232,17 @@ class Worker:
             self._pay_owed()
             return True
         except DatabaseError as error:
-            if _databases_trouble(error) or not attempted or long_job is not None:
+            if not attempted or long_job is not None:
                 raise
-            self._refused(attempted, error)
+            times = 1
+            if _databases_trouble(error):
+                if not self._struck_out(attempted, error):
+                    return True
+                times = TROUBLE_STRIKES
+            self._refused(attempted, error, times)
             return True
         for outcome in outcomes:
+            self.strikes.pop(outcome.job.pk, None)
             self._count(outcome)
         if long_job is not None:
             recorded = run_non_atomic(long_job, self.using)
@@ -238,7 +250,46 @@ class Worker:
                 self._count(recorded)
         return bool(jobs)
 
-    def _refused(self, attempted: list[Job], error: DatabaseError) -> None:
+    def _struck_out(self, attempted: list[Job], error: DatabaseError) -> bool:
+        """The database's trouble lost the jobs' transaction once they had run
+        (a serialization failure, a deadlock, the connection lost at the
+        commit): they run again, uncharged, after a pause; a batch's one at a
+        time. True when a job run alone has lost it ``TROUBLE_STRIKES`` times
+        in a row: it is then charged, as if refused. While the database is
+        away, the next claim fails before any job runs, and no strike counts.
+        """
+        with suppress(Error):
+            connections[self.using].close()
+        if len(attempted) > 1:
+            self.alone = len(attempted)
+            strikes = 1
+            what = f"A batch of {len(attempted)} jobs"
+            again = "them again one at a time"
+        else:
+            job_id = attempted[0].pk
+            strikes = self.strikes.pop(job_id, 0) + 1
+            if strikes >= TROUBLE_STRIKES:
+                return True
+            self.strikes[job_id] = strikes
+            if len(self.strikes) > 100:  # ids of jobs other workers ran since
+                del self.strikes[next(iter(self.strikes))]
+            what = f"Job {job_id}"
+            again = f"it again ({strikes} in a row; at {TROUBLE_STRIKES} it is charged)"
+        pause = RECONNECT_FIRST_PAUSE * 2 ** (strikes - 1)
+        logger.warning(
+            "%s: the database lost the transaction (%s); uncharged, running %s, "
+            "in %.1fs.",
+            what,
+            what_failed(error),
+            again,
+            pause,
+        )
+        self._pause(pause)
+        return False
+
+    def _refused(
+        self, attempted: list[Job], error: DatabaseError, times: int = 1
+    ) -> None:
         """The database refused the jobs' transaction once they had run: most
         often at the commit, where deferred constraints (Django's foreign keys
         are deferred on PostgreSQL and SQLite) and constraint triggers are
@@ -254,8 +305,11 @@ class Worker:
             )
             self.alone = len(attempted)
             return
+        in_a_row = f" {times} times in a row" if times > 1 else ""
         lost = lost_attempt(
-            attempted[0], f"the database refused its transaction: {error}", error
+            attempted[0],
+            f"the database refused its transaction{in_a_row}: {error}",
+            error,
         )
         logger.error("Job %s: %s", lost.job_id, lost.reason)
         self.owed.append(lost)
@@ -406,7 +460,11 @@ class Worker:
         return listener is not None and listener.fileno() in readable
 
     def _pause(self, seconds: float) -> None:
-        self._sleep(min(seconds, self.deadline - time.monotonic()))
+        seconds = max(0.0, min(seconds, self.deadline - time.monotonic()))
+        if self._waker is None:
+            time.sleep(seconds)  # run(): a short pause, no stop request to heed
+        else:
+            self._sleep(seconds)
 
     def _disconnect(self, listener: Listener | None) -> None:
         """Drop both connections; the next attempt opens fresh ones."""

@@ -1,6 +1,9 @@
 """No job can stop the queue: whatever a job does, its attempt is recorded and
 the jobs behind it run. Real ``flush_queue`` processes against the test database."""
 
+import signal
+import time
+
 import pytest
 from django.db import connection
 from shop.models import Mark, Receipt
@@ -160,15 +163,19 @@ def refused_at_commit(on_postgres):
     """A deferred constraint trigger that refuses, at the commit, a ``Mark``
     labelled "refused" with a PL/pgSQL exception (psycopg raises a
     ProgrammingError, not an IntegrityError), or "refused:SQLSTATE" with that
-    SQLSTATE, as a project's own deferred checks may."""
+    SQLSTATE, as a project's own deferred checks may; "refused-once:SQLSTATE"
+    only the first time (a sequence counts: a rollback doesn't undo it)."""
     if not on_postgres:
         pytest.skip("deferred constraint triggers are PostgreSQL's")
     with connection.cursor() as cursor:
         cursor.execute(
             """
+            CREATE SEQUENCE shop_refusals;
             CREATE FUNCTION shop_refuse_mark() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
-                IF NEW.label LIKE 'refused%' THEN
+                IF NEW.label LIKE 'refused:%' OR NEW.label = 'refused'
+                   OR (NEW.label LIKE 'refused-once:%'
+                       AND nextval('shop_refusals') = 1) THEN
                     RAISE EXCEPTION USING
                         MESSAGE = format('mark %s refused at the commit', NEW.label),
                         ERRCODE = coalesce(
@@ -186,15 +193,27 @@ def refused_at_commit(on_postgres):
     with connection.cursor() as cursor:
         cursor.execute(
             "DROP TRIGGER shop_refuse_mark ON shop_mark; "
-            "DROP FUNCTION shop_refuse_mark();"
+            "DROP FUNCTION shop_refuse_mark(); DROP SEQUENCE shop_refusals;"
         )
 
 
 @pytest.mark.parametrize("batch", ["1", "3"])
-def test_any_refusal_at_the_commit_is_charged(run_manage, refused_at_commit, batch):
-    # Not only a foreign key: whatever the database refuses at the commit,
-    # short of an OperationalError, is charged to the job that wrote it.
-    refused = first_in_line("shop.tasks.record", ["refused"])
+@pytest.mark.parametrize(
+    ("label", "raised", "logged"),
+    [
+        # Not only a foreign key: whatever the database refuses at the commit,
+        # short of an OperationalError, is charged to the job that wrote it.
+        ("refused", "ProgrammingError", "refused its transaction: "),
+        # A commit the database loses every time, for a reason that looks like
+        # its own trouble, would hold the queue for ever: once it has lost the
+        # job's transaction three times in a row, the attempt is charged.
+        ("refused:40001", "OperationalError", "refused its transaction 3 times"),
+    ],
+)
+def test_any_refusal_at_the_commit_is_charged(
+    run_manage, refused_at_commit, batch, label, raised, logged
+):
+    refused = first_in_line("shop.tasks.record", [label])
     good = five_good_jobs()
 
     runs = run_until_failed(run_manage, refused, "--batch", batch)
@@ -203,8 +222,10 @@ def test_any_refusal_at_the_commit_is_charged(run_manage, refused_at_commit, bat
     errors = list(refused.errors.values_list("exception", flat=True))
     assert len(errors) == 2
     for exception in errors:
-        assert exception.startswith("django.db.utils.ProgrammingError: "), exception
-        assert "mark refused refused at the commit" in exception, exception
+        assert exception.startswith(f"django.db.utils.{raised}: "), exception
+        assert f"mark {label} refused at the commit" in exception, exception
+    for _out, err in runs:
+        assert logged in err, err
     assert list(Mark.objects.order_by("label").values_list("label", flat=True)) == [
         f"good-{n}" for n in range(5)
     ]
@@ -252,18 +273,48 @@ def test_an_operational_error_of_the_jobs_doing_is_charged(
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
 
 
+@pytest.mark.parametrize("batch", ["1", "3"])
 def test_the_databases_trouble_at_the_commit_is_not_charged(
-    run_manage, refused_at_commit
+    run_manage, refused_at_commit, batch
 ):
-    # A serialization failure is the database's trouble: the cron run ends as
-    # when the database is lost, and the job is run again, its attempt uncounted.
-    refused = first_in_line("shop.tasks.record", ["refused:40001"])
+    # A serialization failure is the database's trouble: the job runs again
+    # at once, its attempt uncounted, and commits.
+    once = first_in_line("shop.tasks.record", ["refused-once:40001"])
+    good = five_good_jobs()
 
-    code, _out, err = run_manage("flush_queue")
+    code, out, err = run_manage("flush_queue", "--batch", batch)
 
-    assert code != 0
-    assert "Database 'default' failed during the run" in err, err
+    assert code == 0, err
+    assert "the database lost the transaction" in err, err
+    once.refresh_from_db()
+    assert (once.status, once.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert not once.errors.exists()
+    assert len(once.attempt_log) == 1
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert Mark.objects.count() == 6
+    assert "Ran 6 jobs" in out, out
+
+
+def test_a_looping_worker_charges_the_databases_trouble_that_comes_back(
+    start_manage, refused_at_commit
+):
+    # flush_queue --loop used to pause and claim the same job for ever.
+    refused = first_in_line("shop.tasks.record", ["refused:40001"], max_attempts=1)
+    good = five_good_jobs()
+    worker = start_manage("flush_queue", "--loop", "--sleep", "0.1")
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if not Job.objects.filter(status=Job.Status.PENDING).exists():
+            break
+        time.sleep(0.1)
+    worker.send_signal(signal.SIGTERM)
+    _out, err = worker.communicate(timeout=30)
+
     refused.refresh_from_db()
-    assert (refused.status, refused.attempts) == (Job.Status.PENDING, 0)
-    assert not refused.errors.exists()
-    assert not Mark.objects.exists()
+    assert (refused.status, refused.attempts) == (Job.Status.FAILED, 1), err
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1), err
