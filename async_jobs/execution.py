@@ -46,6 +46,7 @@ from async_jobs import hooks
 from async_jobs.allowlist import FunctionNotAllowed, resolve
 from async_jobs.claiming import claim_transaction
 from async_jobs.conf import jobs_database, jobs_settings
+from async_jobs.failures import described
 from async_jobs.models import Job
 from async_jobs.serialization import check_json
 from async_jobs.signals import job_finished, job_started
@@ -279,10 +280,7 @@ def _begin(job: Job, starting: Callable[[Job], None] | None) -> None:
     """Count an attempt that starts now, and log who runs it."""
     job.attempts += 1
     job.started = timezone.now()
-    job.attempt_log = [
-        *job.attempt_log,
-        {"worker": worker_id(), "started": job.started.isoformat()},
-    ]
+    job.log_attempt(worker_id(), job.started)
     if starting is not None:
         starting(job)
 
@@ -355,7 +353,7 @@ def _check_transaction_kept(job: Job, using: str, exc: BaseException | None) -> 
         lost_attempt(
             job,
             f"the job's transaction on database {using!r} was lost"
-            + ("" if exc is None else f": {type(exc).__name__}: {exc}".rstrip(": ")),
+            + ("" if exc is None else f": {described(exc)}".rstrip(": ")),
         )
     ) from exc
 
@@ -398,10 +396,7 @@ def charge(lost: LostAttempt, using: str) -> Outcome | None:
         else:
             job.attempts = lost.attempt
             job.started = lost.started
-            job.attempt_log = [
-                *job.attempt_log,
-                {"worker": lost.worker, "started": lost.started.isoformat()},
-            ]
+            job.log_attempt(lost.worker, lost.started)
         error = lost.error or WorkerDied(lost.reason)
         job.record_failure(using, error)
         outcome = Outcome.failure(job, 0.0, error)
@@ -597,7 +592,7 @@ def _record_non_atomic(
                 job.pk,
                 job.name,
                 job.attempts,
-                "succeeded" if exc is None else f"{type(exc).__name__}: {exc}",
+                "succeeded" if exc is None else described(exc),
             )
             return None
         if isinstance(exc, CancelledWhileRunning):
@@ -636,6 +631,9 @@ def rescue_expired(using: str, limit: int = 100) -> list[Outcome]:
         error = WorkerLost(
             f"worker lost: {job.worker} stopped renewing the lease of attempt "
             f"{job.attempts} of {job.max_attempts} (last heartbeat {heartbeat})"
+            if job.lease_expires is not None
+            else f"worker lost: attempt {job.attempts} of {job.max_attempts} was "
+            "running with no lease, so no worker held it"
         )
         logger.error("Job %s %s: %s.", job.pk, job.name, error)
         job.record_failure(using, error)

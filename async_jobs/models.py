@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from async_jobs import hooks
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
+from async_jobs.failures import message
 from async_jobs.notifications import notify_on_commit
 from async_jobs.transaction_internals import committing
 
@@ -54,8 +55,14 @@ class JobQuerySet(models.QuerySet):
         return self.filter(status=Job.Status.RUNNING)
 
     def lease_expired(self, now: datetime | None = None) -> JobQuerySet:
-        """Running jobs whose worker stopped renewing their lease: to rescue."""
-        return self.running().filter(lease_expires__lt=now or timezone.now())
+        """Running jobs whose worker stopped renewing their lease: to rescue.
+
+        With no lease at all (a row written by hand: a worker writes
+        ``running`` and the lease in one statement), no worker holds it.
+        """
+        return self.running().filter(
+            Q(lease_expires__lt=now or timezone.now()) | Q(lease_expires__isnull=True)
+        )
 
     def held(self, job: Job) -> Job | None:
         """Lock and return ``job``'s row if its worker still holds its lease.
@@ -540,6 +547,15 @@ class Job(models.Model):
                 sql = committing(connection, cursor, sql)
             cursor.execute(sql, [*values, self.pk])
 
+    def log_attempt(self, worker: str, started: datetime) -> None:
+        """Add an attempt to ``attempt_log``. A log that isn't a list (a row
+        written by hand) is kept as the first entry of one: the attempt must
+        be recorded, and nothing already in the row lost."""
+        log = self.attempt_log
+        if not isinstance(log, list):
+            log = [log]
+        self.attempt_log = [*log, {"worker": worker, "started": started.isoformat()}]
+
     def record_failure(
         self, using: str, exc: BaseException, *, permanent: bool = False
     ) -> None:
@@ -566,7 +582,7 @@ class Job(models.Model):
             job=self,
             attempt=self.attempts,
             exception=_storable(
-                f"{type(exc).__module__}.{type(exc).__qualname__}: {exc}"
+                f"{type(exc).__module__}.{type(exc).__qualname__}: {message(exc)}"
             ),
             traceback=_storable("".join(traceback.format_exception(exc))),
             occurred=now,

@@ -43,7 +43,7 @@ from django.db import (
     transaction,
 )
 
-from async_jobs import hooks
+from async_jobs import failures, hooks
 from async_jobs.claiming import claim, claim_transaction, worth_claiming
 from async_jobs.conf import jobs_settings
 from async_jobs.execution import (
@@ -91,7 +91,7 @@ def what_failed(exc: BaseException) -> str:
     messages: list[str] = []
     link: BaseException | None = exc
     while link is not None and len(messages) < 5:
-        message = " ".join(str(link).split()) or type(link).__name__
+        message = " ".join(failures.message(link).split()) or type(link).__name__
         if message not in messages:
             messages.insert(0, message)
         link = link.__cause__ or link.__context__

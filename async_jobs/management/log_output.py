@@ -16,6 +16,8 @@ from contextlib import contextmanager
 
 from django.core.management.base import OutputWrapper
 
+from async_jobs import failures
+
 LOGGER_NAME = "async_jobs"
 
 
@@ -35,7 +37,7 @@ class StderrLines(logging.Handler):
             line = record.getMessage()
             exception = record.exc_info[1] if record.exc_info else None
             if exception is not None:
-                message = " ".join(str(exception).split())
+                message = " ".join(failures.message(exception).split())
                 line += f": {type(exception).__name__}" + (
                     f": {message}" if message else ""
                 )

@@ -413,3 +413,15 @@ def raise_with_nul(label: str) -> None:
     """A failure whose message holds a NUL character (PostgreSQL's text
     columns refuse it)."""
     raise RuntimeError(f"{label}\x00byte")
+
+
+class Unprintable(Exception):
+    """An exception whose message can't be read: ``str()`` of it raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("this exception can't be printed")
+
+
+def raise_unprintable(label: str) -> None:
+    Mark.objects.create(label=label)
+    raise Unprintable(label)

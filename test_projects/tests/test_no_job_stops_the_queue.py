@@ -3,8 +3,10 @@ the jobs behind it run. Real ``flush_queue`` processes against the test database
 
 import signal
 import time
+from io import StringIO
 
 import pytest
+from django.core.management import call_command
 from django.db import connection
 from shop.models import Mark, Receipt
 
@@ -86,6 +88,74 @@ def test_a_job_raising_a_base_exception_is_recorded(run_manage, kind):
     for job in good:
         job.refresh_from_db()
         assert job.status == Job.Status.SUCCEEDED
+
+
+@pytest.mark.parametrize("how", ["flush_queue", "call_command"])
+def test_a_job_raising_an_exception_that_cant_be_printed_is_recorded(run_manage, how):
+    # str() of the exception raises: the worker's own record of the failure
+    # raised with it, the job stayed pending, and every run met it again
+    # (flush_queue's child died, and was charged with exiting, not the error).
+    unprintable = first_in_line("shop.tasks.raise_unprintable", ["u"], max_attempts=1)
+    good = five_good_jobs()
+
+    if how == "flush_queue":
+        code, out, err = run_manage("flush_queue", "-v", "2")
+        assert code == 0, err
+    else:
+        out, err = StringIO(), StringIO()
+        call_command("flush_queue", verbosity=2, stdout=out, stderr=err)
+        out, err = out.getvalue(), err.getvalue()
+
+    assert "Ran 6 jobs" in out, (out, err)
+    assert "s): Unprintable: <Unprintable.__str__() raised>" in out, out
+    unprintable.refresh_from_db()
+    assert (unprintable.status, unprintable.attempts) == (Job.Status.FAILED, 1)
+    [error] = unprintable.errors.all()
+    assert error.exception == "shop.tasks.Unprintable: <Unprintable.__str__() raised>"
+    assert "raise Unprintable(label)" in error.traceback
+    assert not Mark.objects.filter(label="u").exists()
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+
+
+@pytest.mark.parametrize(
+    ("written", "status", "told"),
+    [
+        # attempt_log, the worker's own history of the row, not a list: the
+        # worker raised before the attempt began, and every run stopped there.
+        ("attempt_log = '5'", Job.Status.SUCCEEDED, None),
+        # running with no lease: no worker holds it, and none rescued it.
+        (
+            "status = 'running', attempts = 1",
+            Job.Status.FAILED,
+            "async_jobs.execution.WorkerLost: worker lost: attempt 1 of 1 was "
+            "running with no lease, so no worker held it",
+        ),
+    ],
+)
+def test_a_row_written_by_hand_cant_stop_the_queue(run_manage, written, status, told):
+    hand = first_in_line("shop.tasks.record", ["hand"], max_attempts=1)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Job._meta.db_table} SET {written} WHERE id = %s", [hand.pk]
+        )
+    good = five_good_jobs()
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    hand.refresh_from_db()
+    assert hand.status == status, (out, err)
+    assert list(hand.errors.values_list("exception", flat=True)) == (
+        [told] if told else []
+    )
+    if status == Job.Status.SUCCEEDED:
+        assert hand.attempt_log[0] == 5  # kept, the attempt after it
+        assert hand.attempt_log[1]["worker"]
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
 
 
 def test_an_async_job_cancelled_is_recorded(run_manage):

@@ -9,6 +9,7 @@ from django.db import DatabaseError, connections
 
 from async_jobs.conf import jobs_settings
 from async_jobs.execution import Outcome
+from async_jobs.failures import described
 from async_jobs.management.arguments import (
     add_queue_option,
     positive_int,
@@ -267,6 +268,6 @@ class Command(BaseCommand):
             f"(attempt {job.attempts}/{job.max_attempts}, {outcome.duration:.3f}s)"
         )
         if outcome.exception is not None:
-            line += f": {type(outcome.exception).__name__}: {outcome.exception}"
+            line += f": {described(outcome.exception)}"
         self.stdout.write(line)
         self.stdout.flush()  # a --loop worker's log should not lag
