@@ -10,7 +10,6 @@ job reaches a final status is reached through ``hooks.settled()``.
 from __future__ import annotations
 
 import random
-import traceback
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -27,7 +26,7 @@ from django.utils import timezone
 
 from async_jobs import hooks
 from async_jobs.conf import JobsSettings, jobs_database, jobs_settings
-from async_jobs.failures import message
+from async_jobs.failures import message, traceback_text
 from async_jobs.notifications import notify_on_commit
 from async_jobs.transaction_internals import committing
 
@@ -584,7 +583,7 @@ class Job(models.Model):
             exception=_storable(
                 f"{type(exc).__module__}.{type(exc).__qualname__}: {message(exc)}"
             ),
-            traceback=_storable("".join(traceback.format_exception(exc))),
+            traceback=_storable(traceback_text(exc)),
             occurred=now,
         )
         return now

@@ -26,7 +26,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Link, SpanKind, Status, StatusCode
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from async_jobs import traceparent
+from async_jobs import failures, traceparent
 from async_jobs.execution import Outcome
 from async_jobs.models import Job
 from async_jobs.signals import job_finished, job_started
@@ -145,6 +145,16 @@ def _end(attempt: _Attempt, outcome: Outcome) -> None:
     span = attempt.span
     span.set_attribute("async_jobs.job.outcome", outcome.status)
     if outcome.exception is not None:
-        span.record_exception(outcome.exception)
-        span.set_status(Status(StatusCode.ERROR, f"{type(outcome.exception).__name__}"))
+        # What record_exception() records, worded here: its str() may raise.
+        exc = outcome.exception
+        span.add_event(
+            "exception",
+            {
+                "exception.type": type(exc).__name__,
+                "exception.message": failures.message(exc),
+                "exception.stacktrace": failures.traceback_text(exc),
+                "exception.escaped": "False",
+            },
+        )
+        span.set_status(Status(StatusCode.ERROR, type(exc).__name__))
     span.end(end_time=attempt.started_ns + int(outcome.duration * 1e9))

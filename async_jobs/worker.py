@@ -259,7 +259,7 @@ class Worker:
         away, the next claim fails before any job runs, and no strike counts.
         """
         with suppress(Error):
-            connections[self.using].close()
+            connections[self.using].close_if_unusable_or_obsolete()
         if len(attempted) > 1:
             self.alone = len(attempted)
             strikes = 1
@@ -313,6 +313,8 @@ class Worker:
         )
         logger.error("Job %s: %s", lost.job_id, lost.reason)
         self.owed.append(lost)
+        with suppress(Error):
+            connections[self.using].close_if_unusable_or_obsolete()
         self._pay_owed()
 
     def _rescue_due(self) -> bool:

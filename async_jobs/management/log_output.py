@@ -10,7 +10,6 @@ still receive every record, traceback included.
 from __future__ import annotations
 
 import logging
-import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -43,9 +42,7 @@ class StderrLines(logging.Handler):
                 )
             line = " ".join(line.splitlines())
             if exception is not None and self.verbosity >= 2:
-                line += "\n" + "".join(traceback.format_exception(exception)).rstrip(
-                    "\n"
-                )
+                line += "\n" + failures.traceback_text(exception).rstrip("\n")
             self.stderr.write(line)
             self.stderr.flush()
         except Exception:  # a handler must never raise into the worker

@@ -416,12 +416,28 @@ def raise_with_nul(label: str) -> None:
 
 
 class Unprintable(Exception):
-    """An exception whose message can't be read: ``str()`` of it raises."""
+    """An exception that can't be put into words: ``str()`` of it raises
+    (``how``: "str", or "exit" for a ``SystemExit``), or reading its
+    ``__notes__`` does ("notes"), which tracebacks do before Python 3.13."""
+
+    def __init__(self, label: str, how: str) -> None:
+        super().__init__(label)
+        self.how = how
 
     def __str__(self) -> str:
-        raise RuntimeError("this exception can't be printed")
+        if self.how == "str":
+            raise RuntimeError("this exception can't be printed")
+        if self.how == "exit":
+            raise SystemExit(3)
+        return super().__str__()
+
+    @property
+    def __notes__(self) -> list[str]:
+        if self.how == "notes":
+            raise RuntimeError("these notes can't be read")
+        raise AttributeError("__notes__")
 
 
-def raise_unprintable(label: str) -> None:
+def raise_unprintable(label: str, how: str = "str") -> None:
     Mark.objects.create(label=label)
-    raise Unprintable(label)
+    raise Unprintable(label, how)

@@ -46,33 +46,36 @@ def test_sigkill_mid_job_rolls_back_its_writes_and_the_next_run_completes_it(
     assert_next_run_completes_it_once(job, run_manage, release)
 
 
-@pytest.mark.parametrize("where", ["between queries", "inside a query", "then raises"])
+def cut_mid_job(start_manage, started, release) -> tuple[int, str, str]:
+    """Run ``flush_queue``; once the job has announced itself in ``started``,
+    terminate its connection, then let it go on (``release``)."""
+    worker = start_manage("flush_queue")
+    wait_until(started.exists, "the job to write and announce itself", process=worker)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_terminate_backend(%s)", [int(started.read_text())])
+    release.touch()
+    return finish(worker, timeout=30)
+
+
+@pytest.mark.parametrize("where", ["inside a query", "then raises"])
 def test_connection_terminated_mid_job_is_charged_and_the_run_goes_on(
     where, start_manage, run_manage, on_postgres, tmp_path
 ):
-    # The database is still there: only the job's transaction is lost. The
-    # worker reconnects and records the attempt, so a job whose connection
-    # keeps being cut (idle_in_transaction_session_timeout, a crashing
-    # extension) can't run again uncounted for ever (#14).
+    # The database is still there: only the job's transaction is lost, and
+    # the job met it (its query failed; it raised). The worker reconnects and
+    # records the attempt, so a job whose connection keeps being cut
+    # (idle_in_transaction_session_timeout, a crashing extension) can't run
+    # again uncounted for ever (#14).
     if not on_postgres:
         pytest.skip("pg_terminate_backend is PostgreSQL's")
     started, release = tmp_path / "started", tmp_path / "release"
     if where == "inside a query":
         job = schedule("shop.tasks.write_then_query", args=["once", str(started), 60])
     else:
-        function = (
-            "write_hold_then_fail" if where == "then raises" else "write_then_hold"
-        )
         job = schedule(
-            f"shop.tasks.{function}", args=["once", str(started), str(release)]
+            "shop.tasks.write_hold_then_fail", args=["once", str(started), str(release)]
         )
-    worker = start_manage("flush_queue")
-    wait_until(started.exists, "the job to write and announce itself", process=worker)
-
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_terminate_backend(%s)", [int(started.read_text())])
-    release.touch()  # the job goes on, and meets the dead connection
-    code, out, err = finish(worker, timeout=30)
+    code, out, err = cut_mid_job(start_manage, started, release)
 
     assert code == 0, err
     assert out.strip().endswith("0 succeeded, 1 to retry, 0 failed."), out
@@ -103,6 +106,32 @@ def test_connection_terminated_mid_job_is_charged_and_the_run_goes_on(
     else:
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 2)
         assert list(Mark.objects.values_list("label", flat=True)) == ["once"]
+
+
+def test_connection_terminated_between_a_jobs_queries_is_not_charged(
+    start_manage, on_postgres, tmp_path
+):
+    # The job returns without meeting the loss: the worker meets it in the
+    # statement that records the job and commits, and can't tell it from a
+    # loss at the commit itself (a server restarted, a failover). The job runs
+    # again, uncharged; one that loses it three times in a row is charged
+    # (test_no_job_stops_the_queue.py, "cut").
+    if not on_postgres:
+        pytest.skip("pg_terminate_backend is PostgreSQL's")
+    started, release = tmp_path / "started", tmp_path / "release"
+    job = schedule(
+        "shop.tasks.write_then_hold", args=["once", str(started), str(release)]
+    )
+
+    code, out, err = cut_mid_job(start_manage, started, release)
+
+    assert code == 0, err
+    assert out.strip().endswith("1 succeeded, 0 to retry, 0 failed."), out
+    assert "the database lost the transaction" in err, err
+    job.refresh_from_db()
+    assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert not job.errors.exists()
+    assert list(Mark.objects.values_list("label", flat=True)) == ["once"]
 
 
 def test_the_documented_keepalive_settings_are_applied(run_manage, on_postgres):

@@ -267,28 +267,28 @@ def test_a_lost_worker_connection_is_reopened(idle_worker):
     assert "Ran 2 jobs" in out
 
 
-def test_a_connection_lost_mid_job_is_charged_and_the_job_runs_again(
+def test_a_connection_lost_mid_job_runs_the_job_again(
     start_worker, tmp_path, postgres_only
 ):
+    # Cut while the job sleeps, the loss shows only in the statement that
+    # records it and commits, as a loss at the commit would: the worker
+    # reconnects and runs the job again, uncharged.
     worker = start_worker("--sleep", "0.2")
     job = start_slow_job(tmp_path, "once", 1.0)
     wait_started(tmp_path, "once", worker)
     [worker_connection] = backend_pids(listening=False)
 
     terminate(worker_connection)
-    # The lost attempt is recorded; its retry is made due at once.
-    wait_until(lambda: job.errors.exists(), "the attempt to be charged", timeout=15)
-    Job.objects.filter(pk=job.pk).update(run_after=job.created)
     (tmp_path / "once.started").unlink()
-    wait_started(tmp_path, "once", worker)  # the second attempt
+    wait_started(tmp_path, "once", worker)  # run again
     wait_until(lambda: succeeded(job), "the job to succeed", timeout=15)
 
     code, _out, err = stop(worker)
     assert code == 0, err
     assert "terminating connection due to administrator command" in err
-    assert job.attempts == 2
-    [error] = job.errors.all()
-    assert "the job's transaction on database 'default' was lost" in error.exception
+    assert "the database lost the transaction" in err
+    assert job.attempts == 1
+    assert not job.errors.exists()
     assert list(Mark.objects.values_list("label", flat=True)) == ["once"]
 
 

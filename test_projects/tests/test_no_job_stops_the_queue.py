@@ -90,15 +90,27 @@ def test_a_job_raising_a_base_exception_is_recorded(run_manage, kind):
         assert job.status == Job.Status.SUCCEEDED
 
 
-@pytest.mark.parametrize("how", ["flush_queue", "call_command"])
-def test_a_job_raising_an_exception_that_cant_be_printed_is_recorded(run_manage, how):
-    # str() of the exception raises: the worker's own record of the failure
-    # raised with it, the job stayed pending, and every run met it again
-    # (flush_queue's child died, and was charged with exiting, not the error).
-    unprintable = first_in_line("shop.tasks.raise_unprintable", ["u"], max_attempts=1)
+@pytest.mark.parametrize(
+    ("how", "says"),
+    [
+        ("str", "<Unprintable.__str__() raised>"),
+        ("exit", "<Unprintable.__str__() raised>"),  # a SystemExit
+        ("notes", "u"),  # read by Python's tracebacks before 3.13
+    ],
+)
+@pytest.mark.parametrize("run", ["flush_queue", "call_command"])
+def test_a_job_raising_an_exception_that_cant_be_printed_is_recorded(
+    run_manage, run, how, says
+):
+    # Putting the exception into words raises: the worker's own record of the
+    # failure raised with it, the job stayed pending, and every run met it
+    # again (flush_queue's child died, and was charged with exiting, not the error).
+    unprintable = first_in_line(
+        "shop.tasks.raise_unprintable", ["u", how], max_attempts=1
+    )
     good = five_good_jobs()
 
-    if how == "flush_queue":
+    if run == "flush_queue":
         code, out, err = run_manage("flush_queue", "-v", "2")
         assert code == 0, err
     else:
@@ -107,12 +119,12 @@ def test_a_job_raising_an_exception_that_cant_be_printed_is_recorded(run_manage,
         out, err = out.getvalue(), err.getvalue()
 
     assert "Ran 6 jobs" in out, (out, err)
-    assert "s): Unprintable: <Unprintable.__str__() raised>" in out, out
+    assert f"s): Unprintable: {says}" in out, out
     unprintable.refresh_from_db()
     assert (unprintable.status, unprintable.attempts) == (Job.Status.FAILED, 1)
     [error] = unprintable.errors.all()
-    assert error.exception == "shop.tasks.Unprintable: <Unprintable.__str__() raised>"
-    assert "raise Unprintable(label)" in error.traceback
+    assert error.exception == f"shop.tasks.Unprintable: {says}"
+    assert "raise Unprintable(label, how)" in error.traceback
     assert not Mark.objects.filter(label="u").exists()
     for job in good:
         job.refresh_from_db()
@@ -234,7 +246,9 @@ def refused_at_commit(on_postgres):
     labelled "refused" with a PL/pgSQL exception (psycopg raises a
     ProgrammingError, not an IntegrityError), or "refused:SQLSTATE" with that
     SQLSTATE, as a project's own deferred checks may; "refused-once:SQLSTATE"
-    only the first time (a sequence counts: a rollback doesn't undo it)."""
+    only the first time (a sequence counts: a rollback doesn't undo it).
+    "cut" terminates its own connection at the commit, as a server restart
+    would; "cut-once" only the first time."""
     if not on_postgres:
         pytest.skip("deferred constraint triggers are PostgreSQL's")
     with connection.cursor() as cursor:
@@ -243,6 +257,10 @@ def refused_at_commit(on_postgres):
             CREATE SEQUENCE shop_refusals;
             CREATE FUNCTION shop_refuse_mark() RETURNS trigger LANGUAGE plpgsql AS $$
             BEGIN
+                IF NEW.label = 'cut'
+                   OR (NEW.label = 'cut-once' AND nextval('shop_refusals') = 1) THEN
+                    PERFORM pg_terminate_backend(pg_backend_pid());
+                END IF;
                 IF NEW.label LIKE 'refused:%' OR NEW.label = 'refused'
                    OR (NEW.label LIKE 'refused-once:%'
                        AND nextval('shop_refusals') = 1) THEN
@@ -278,6 +296,8 @@ def refused_at_commit(on_postgres):
         # its own trouble, would hold the queue for ever: once it has lost the
         # job's transaction three times in a row, the attempt is charged.
         ("refused:40001", "OperationalError", "refused its transaction 3 times"),
+        # The same for a connection cut at every commit.
+        ("cut", "OperationalError", "refused its transaction 3 times"),
     ],
 )
 def test_any_refusal_at_the_commit_is_charged(
@@ -293,7 +313,11 @@ def test_any_refusal_at_the_commit_is_charged(
     assert len(errors) == 2
     for exception in errors:
         assert exception.startswith(f"django.db.utils.{raised}: "), exception
-        assert f"mark {label} refused at the commit" in exception, exception
+        assert (
+            "terminating connection due to administrator command"
+            if label == "cut"
+            else f"mark {label} refused at the commit"
+        ) in exception, exception
     for _out, err in runs:
         assert logged in err, err
     assert list(Mark.objects.order_by("label").values_list("label", flat=True)) == [
@@ -344,12 +368,14 @@ def test_an_operational_error_of_the_jobs_doing_is_charged(
 
 
 @pytest.mark.parametrize("batch", ["1", "3"])
+@pytest.mark.parametrize("label", ["refused-once:40001", "cut-once"])
 def test_the_databases_trouble_at_the_commit_is_not_charged(
-    run_manage, refused_at_commit, batch
+    run_manage, refused_at_commit, batch, label
 ):
-    # A serialization failure is the database's trouble: the job runs again
-    # at once, its attempt uncounted, and commits.
-    once = first_in_line("shop.tasks.record", ["refused-once:40001"])
+    # A serialization failure, or the connection cut at the commit, is the
+    # database's trouble: the job runs again at once, its attempt uncounted,
+    # and commits; in a batch, no job is charged for it (the last one was).
+    once = first_in_line("shop.tasks.record", [label])
     good = five_good_jobs()
 
     code, out, err = run_manage("flush_queue", "--batch", batch)

@@ -95,6 +95,20 @@ def test_a_failed_attempt_records_its_exception(spans, tracer, flush_queue):
         assert span.parent.span_id == first.parent.span_id  # both the request's
 
 
+def test_an_exception_that_cant_be_printed_still_ends_its_span(spans, flush_queue):
+    # OpenTelemetry's record_exception() calls str() of it: the span was never
+    # ended, so never exported.
+    schedule("shop.tasks.raise_unprintable", args=["u"], meta={"max_attempts": 1})
+    flush_queue()
+
+    [span] = finished(spans, "shop.tasks.raise_unprintable")
+    assert span.status.status_code == StatusCode.ERROR
+    [event] = span.events
+    assert event.attributes["exception.type"] == "Unprintable"
+    assert event.attributes["exception.message"] == "<Unprintable.__str__() raised>"
+    assert "raise Unprintable(label, how)" in event.attributes["exception.stacktrace"]
+
+
 def test_spans_the_job_makes_are_children_of_its_attempt(spans, tracer, flush_queue):
     with tracer.start_as_current_span("request") as request:
         schedule("shop.tasks.traced", args=["inner"])
