@@ -564,37 +564,66 @@ class Job(models.Model):
         worker can run the job between the failure and its record.
         ``permanent``: no retry could help; the job fails at once.
         """
-        now = self._write_error(using, exc)
+        error = self._write_error(using, exc)
         self.result = None
         if self.attempts >= self.max_attempts or permanent:
             self.status = Job.Status.FAILED
-            self.finished = now
+            self.finished = error.occurred
+            self.record(using)
         else:
-            self.status = Job.Status.PENDING
-            self.run_after = now + retry_delay(self.attempts, jobs_settings())
-        self.record(using)
+            self._retry(using, error)
 
-    def _write_error(self, using: str, exc: BaseException) -> datetime:
-        """The attempt's ``Error`` row, naming ``exc``; returns when it occurred."""
-        now = timezone.now()
-        Error.objects.using(using).create(
+    def _retry(self, using: str, error: Error) -> None:
+        """Set the job to run again after a pause, unless a unique twin was
+        scheduled while it ran.
+
+        A non-atomic job is ``running`` while it runs, so a unique
+        ``schedule()`` meanwhile adds a pending twin; it can't be pending
+        beside it. The twin runs in its place: it fails, its ``Error`` saying
+        so. (Refusing the retry would fail every record of the attempt, and
+        the worker with it.)
+        """
+        run_after, leased = self.run_after, self.lease_expires is not None or None
+        self.status = Job.Status.PENDING
+        self.run_after = error.occurred + retry_delay(self.attempts, jobs_settings())
+        if self.unique_key is None:
+            self.record(using)
+            return
+        try:
+            with transaction.atomic(using=using):
+                self.record(using)
+            return
+        except IntegrityError:
+            twin = self._pending_twin(using)
+            if twin is None:
+                raise
+        self.status, self.run_after = Job.Status.FAILED, run_after
+        self.finished = error.occurred
+        self.record(using, leased=leased)
+        error.exception += (
+            f" (not retried: job {twin}, its unique twin, was scheduled while "
+            "it ran and is pending; it runs in its place)"
+        )
+        error.save(update_fields=["exception"])
+
+    def _write_error(self, using: str, exc: BaseException) -> Error:
+        """The attempt's ``Error`` row, naming ``exc``."""
+        return Error.objects.using(using).create(
             job=self,
             attempt=self.attempts,
             exception=_storable(
                 f"{type(exc).__module__}.{type(exc).__qualname__}: {message(exc)}"
             ),
             traceback=_storable(traceback_text(exc)),
-            occurred=now,
+            occurred=timezone.now(),
         )
-        return now
 
     def record_cancelled(self, using: str, exc: BaseException) -> None:
         """Record a running non-atomic job that ``cancel()`` stopped: an
         ``Error`` row saying so (its history), then ``cancelled``."""
-        now = self._write_error(using, exc)
+        self.finished = self._write_error(using, exc).occurred
         self.result = None
         self.status = Job.Status.CANCELLED
-        self.finished = now
         self.record(using)
 
 

@@ -8,6 +8,8 @@ import signal
 import socket
 import threading
 import time
+from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from django.db import close_old_connections, connection, transaction
@@ -45,6 +47,16 @@ def alive(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def rescue(job: Job, run_manage, env: dict) -> tuple[int, str, str]:
+    """Wait for the job's lease to expire, then run the queue once."""
+    wait_until(
+        lambda: Job.objects.lease_expired().filter(pk=job.pk).exists(),
+        "the lease to expire",
+        timeout=10,
+    )
+    return run_manage("flush_queue", "--settings=changed_settings", env=env)
 
 
 def idle_in_transaction() -> list:
@@ -168,12 +180,7 @@ def test_a_killed_workers_job_is_rescued_after_its_lease(
     assert job.status == Job.Status.RUNNING
     last_heartbeat = job.heartbeat
 
-    wait_until(
-        lambda: Job.objects.lease_expired().filter(pk=job.pk).exists(),
-        "the lease to expire",
-        timeout=10,
-    )
-    code, _out, err = run_manage("flush_queue", "--settings=changed_settings", env=env)
+    code, _out, err = rescue(job, run_manage, env)
 
     assert code == 0, err
     job.refresh_from_db()
@@ -207,6 +214,75 @@ def test_the_supervisor_rescues_its_dead_childs_job_at_once(start_manage, tmp_pa
     assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 2)
     [died] = job.errors.all()
     assert "killed by signal 9 (SIGKILL) while running attempt 1 of 2" in died.exception
+
+
+def unique_twins(tmp_path, **meta) -> tuple[Job, Path, Path]:
+    """A unique non-atomic job that holds until released, then fails; its
+    ``started`` and ``release`` files."""
+    started, release = tmp_path / "started", tmp_path / "release"
+    job = schedule(
+        "shop.tasks.write_hold_then_fail",
+        args=["first", str(started), str(release)],
+        meta={"atomic": False, "unique": "k", "max_attempts": 3, **meta},
+    )
+    return job, started, release
+
+
+def pending_twin(tmp_path) -> Job:
+    """Schedule the job's twin while it runs (``running``, not ``pending``):
+    a second job, pending, due in an hour."""
+    return schedule(
+        "shop.tasks.write_hold_then_fail",
+        args=["twin", str(tmp_path / "x"), str(tmp_path / "y")],
+        meta={"atomic": False, "unique": "k"},
+        run_after=timedelta(hours=1),
+    )
+
+
+def assert_yielded_to(job: Job, twin: Job, cause: str) -> None:
+    job.refresh_from_db()
+    twin.refresh_from_db()
+    assert (job.status, job.attempts) == (Job.Status.FAILED, 1)
+    assert job.finished is not None and job.lease_expires is None
+    assert twin.status == Job.Status.PENDING
+    [error] = job.errors.all()
+    assert cause in error.exception
+    assert error.exception.endswith(
+        f"(not retried: job {twin.pk}, its unique twin, was scheduled while it "
+        "ran and is pending; it runs in its place)"
+    )
+
+
+def test_a_unique_job_failing_beside_its_pending_twin_yields_to_it(
+    start_manage, tmp_path
+):
+    job, started, release = unique_twins(tmp_path)
+    worker = start_manage("flush_queue")
+    wait_until(started.exists, "the job to start", process=worker)
+    twin = pending_twin(tmp_path)
+    assert twin.pk != job.pk
+    release.touch()
+    code, out, err = finish(worker)
+
+    assert code == 0, err
+    assert jobs_run(out) == 1
+    assert_yielded_to(job, twin, "RuntimeError: failed after holding first")
+
+
+def test_a_unique_job_rescued_beside_its_pending_twin_yields_to_it(
+    start_manage, run_manage, tmp_path
+):
+    env = env_with_settings(tmp_path, SHORT_LEASE)
+    job, started, _release = unique_twins(tmp_path)
+    worker = start_manage("flush_queue", "--settings=changed_settings", env=env)
+    wait_until(started.exists, "the job to start", process=worker)
+    twin = pending_twin(tmp_path)
+    worker.send_signal(signal.SIGKILL)  # its child, the job's worker, dies too
+    finish(worker)
+    code, _out, err = rescue(job, run_manage, env)
+
+    assert code == 0, err
+    assert_yielded_to(job, twin, "worker lost")
 
 
 def test_cancel_stops_a_running_non_atomic_job(start_manage, tmp_path):
