@@ -15,19 +15,34 @@ transaction fail.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager, suppress
 from datetime import datetime
 from pathlib import Path
 from typing import cast
 from weakref import WeakKeyDictionary
 
-from django.db import connections, transaction
+from django.db import DatabaseError, DataError, connections, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from async_jobs.failures import described
 from async_jobs.models import Job, init_observed
 from async_jobs.transaction_internals import runs_statements_together, savepoint_sql
+
+#: What reading a row written by hand can raise: a timestamp out of Python's
+#: range (psycopg's ``DataError``), an integer of more digits than Python reads
+#: (``ValueError``), JSON nested too deep (``RecursionError``), a date SQLite
+#: holds as text that isn't one (``ValueError``, ``AttributeError``).
+UNREADABLE = (
+    DataError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    OverflowError,
+    RecursionError,
+)
 
 #: How long a SQLite worker waits for the write lock before asking again (ms).
 SQLITE_LOCK_WAIT_MS = 24 * 60 * 60 * 1000
@@ -88,17 +103,63 @@ def claim(
     connection = connections[using]
     now = timezone.now()
     if connection.vendor == "postgresql":
-        jobs, set_together = _claim_on_postgresql(using, queues, limit, now, savepoint)
+        try:
+            jobs, set_together = _claim_on_postgresql(
+                using, queues, limit, now, savepoint
+            )
+        except UNREADABLE:
+            # The same rows again, as ids: this transaction's locks don't
+            # hide them from its own claim.
+            with suppress(DatabaseError), connection.cursor() as cursor:
+                cursor.execute(
+                    _CLAIM.format(columns="id"), [list(queues) or None, now, limit]
+                )
+                find_unreadable(using, [pk for (pk,) in cursor.fetchall()])
+            raise
     else:
         found = Job.objects.using(using).due(now).in_queues(queues)
         if connection.features.has_select_for_update_skip_locked:
             found = found.select_for_update(skip_locked=True)
-        jobs = list(found.order_by("-priority", "run_after", "id")[:limit])
+        found = found.order_by("-priority", "run_after", "id")[:limit]
+        jobs = read(found)
         set_together = False
     if savepoint and jobs and not set_together:
         with connection.cursor() as cursor:
             cursor.execute(savepoint_sql(connection))
     return jobs
+
+
+class UnreadableRow(Exception):
+    """A job's row holds a value Python can't read (written by hand: a
+    timestamp of year 10000, JSON nested 3,000 deep): no worker can run the
+    job, and every claim that meets it would fail. It is failed unread
+    (``JobQuerySet.fail_unreadable()``), and the queue goes on."""
+
+    def __init__(self, job_id: int, cause: BaseException) -> None:
+        super().__init__(f"Job {job_id}'s row can't be read ({described(cause)})")
+        self.job_id = job_id
+        self.cause = cause
+
+
+def read(jobs: QuerySet[Job]) -> list[Job]:
+    """The jobs; ``UnreadableRow`` if one of them can't be read."""
+    try:
+        return list(jobs)
+    except UNREADABLE:
+        ids = list(jobs.values_list("pk", flat=True))
+        find_unreadable(jobs.db, ids)
+        raise
+
+
+def find_unreadable(using: str, ids: Iterable[int]) -> None:
+    """Raise ``UnreadableRow`` for the first job of ``ids`` that can't be read
+    alone: reading them together failed. If each can, the failure was not the
+    data's doing, and the caller raises it."""
+    for pk in ids:
+        try:
+            Job.objects.using(using).get(pk=pk)
+        except UNREADABLE as cause:
+            raise UnreadableRow(pk, cause) from cause
 
 
 # PostgreSQL: the claim is the function ``async_jobs_claim`` (see migration

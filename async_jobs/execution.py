@@ -44,7 +44,7 @@ from django.utils import timezone
 
 from async_jobs import hooks
 from async_jobs.allowlist import FunctionNotAllowed, resolve
-from async_jobs.claiming import claim_transaction
+from async_jobs.claiming import claim_transaction, read
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.failures import described
 from async_jobs.models import Job
@@ -621,7 +621,7 @@ def rescue_expired(using: str, limit: int = 100) -> list[Outcome]:
     if connections[using].features.has_select_for_update_skip_locked:
         jobs = jobs.select_for_update(skip_locked=True)
     outcomes = []
-    for job in jobs.order_by("lease_expires", "pk")[:limit]:
+    for job in read(jobs.order_by("lease_expires", "pk")[:limit]):
         heartbeat = job.heartbeat.isoformat() if job.heartbeat else "never"
         error = WorkerLost(
             f"worker lost: {job.worker} stopped renewing the lease of attempt "

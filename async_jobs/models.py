@@ -117,6 +117,30 @@ class JobQuerySet(models.QuerySet):
                 hooks.settled(jobs, using)
         return jobs
 
+    def fail_unreadable(self, pk: int, exc: BaseException) -> bool:
+        """Fail a job whose row can't be read (``claiming.UnreadableRow``),
+        without reading it: an ``Error`` row naming ``exc``, then ``failed``.
+        No worker could run it, and no retry mend it. False if it had
+        finished meanwhile (another worker failed it first)."""
+        with transaction.atomic(using=self.db):
+            found = (
+                self.select_for_update()
+                .filter(pk=pk)
+                .exclude(status__in=FINISHED)
+                .values_list("attempts", flat=True)
+                .first()
+            )
+            if found is None:
+                return False
+            error = Job(pk=pk, attempts=found)._write_error(self.db, exc)
+            self.filter(pk=pk).update(
+                status=Job.Status.FAILED,
+                finished=error.occurred,
+                lease_expires=None,
+                cancel_requested=False,
+            )
+        return True
+
     def record_successes(self, jobs: Sequence[Job], *, commit: bool = False) -> None:
         """Write the outcome of attempts that succeeded.
 

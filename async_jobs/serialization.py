@@ -21,6 +21,7 @@ the default ``max_stack_depth``).
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any, TypeAlias
 
 #: Floats from here up are written with an exponent, which ``jsonb`` turns
@@ -32,6 +33,11 @@ FLOAT_LIMIT = 1e16
 #: below the roughly 950 levels at which Python's ``json`` gives out.
 MAX_DEPTH = 100
 
+
+#: Ints of no more bits have fewer than 640 digits, the lowest limit
+#: ``sys.set_int_max_str_digits()`` takes (4,300 by default): JSON can write
+#: them. A bigger one is written to find out.
+INT_BITS = 2_100
 
 #: Where a value sits: a name (``"args"``), or its container's place and its
 #: index or key, spelled out (``args[0]['when']``) only for an error: a
@@ -46,6 +52,17 @@ def check_json(value: Any, where: str) -> None:
     _check(value, where, set())
 
 
+def _check_int(value: int, where: Place) -> None:
+    try:
+        str(value)
+    except ValueError:
+        raise TypeError(
+            f"{_spelled(where)}: an int of more than {sys.get_int_max_str_digits()} "
+            "digits can't be written as JSON (sys.get_int_max_str_digits()); "
+            "pass it as a str"
+        ) from None
+
+
 def _spelled(where: Place) -> str:
     if isinstance(where, str):
         return where
@@ -54,7 +71,11 @@ def _spelled(where: Place) -> str:
 
 
 def _check(value: Any, where: Place, enclosing: set[int]) -> None:
-    if value is None or isinstance(value, bool | int):
+    if value is None or isinstance(value, bool):
+        return
+    if isinstance(value, int):
+        if value.bit_length() > INT_BITS:
+            _check_int(value, where)
         return
     if isinstance(value, str):
         _check_str(value, where)

@@ -44,7 +44,7 @@ from django.db import (
 )
 
 from async_jobs import failures, hooks
-from async_jobs.claiming import claim, claim_transaction, worth_claiming
+from async_jobs.claiming import UnreadableRow, claim, claim_transaction, worth_claiming
 from async_jobs.conf import jobs_settings
 from async_jobs.execution import (
     AttemptLost,
@@ -223,6 +223,11 @@ class Worker:
                         savepoint_set=True,
                         commit=True,
                     )
+        except UnreadableRow as unreadable:
+            # Met by the claim or the rescue, before any job ran.
+            logger.error("%s: it fails, unread.", unreadable)
+            Job.objects.using(self.using).fail_unreadable(unreadable.job_id, unreadable)
+            return True
         except AttemptLost as lost:
             # The whole batch rolled back; the attempt that lost it is charged.
             self.owed.append(lost.lost)

@@ -350,6 +350,12 @@ def nested_result(depth: int) -> list:
     return result
 
 
+def power_of_ten(exponent: int) -> int:
+    """Return 10 to the ``exponent``: more than 4,300 digits, and JSON can't
+    write it (Python's limit on converting an int to a str)."""
+    return 10**exponent
+
+
 def depth_of(value) -> int:
     """How many lists and dicts deep ``value`` nests; a scalar is 0."""
     if isinstance(value, list):

@@ -10,7 +10,7 @@ from django.core.management import call_command
 from django.db import connection
 from shop.models import Mark, Receipt
 
-from async_jobs import Job, schedule
+from async_jobs import Error, Job, schedule
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.processes]
 
@@ -414,3 +414,62 @@ def test_a_looping_worker_charges_the_databases_trouble_that_comes_back(
     for job in good:
         job.refresh_from_db()
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1), err
+
+
+#: Values Python can't read, written by hand: (SQL, what reading it raises).
+UNREADABLE = {
+    "args": (f"args = '[1{'0' * 5000}]'", "ValueError: Exceeds the limit"),
+    "result": (f"result = '1{'0' * 5000}'", "ValueError: Exceeds the limit"),
+    "postgresql attempt_log": (
+        f"attempt_log = '{'[' * 3000}{']' * 3000}'",
+        "RecursionError: ",
+    ),
+    "postgresql run_after": (
+        "run_after = '-infinity'",
+        "DataError: timestamp too small",
+    ),
+    "postgresql created": ("created = 'infinity'", "DataError: timestamp too large"),
+    "postgresql lease": (
+        "status = 'running', attempts = 1, lease_expires = '-infinity'",
+        "DataError: timestamp too small",
+    ),
+    "sqlite run_after": ("run_after = '0000-00-00 00:00:00'", "ValueError: "),
+    "sqlite created": ("created = '0000-00-00 00:00:00'", "ValueError: "),
+    "sqlite lease": (
+        "status = 'running', attempts = 1, lease_expires = '0000-00-00 00:00:00'",
+        "ValueError: ",
+    ),
+}
+
+
+@pytest.mark.parametrize("batch", ["1", "3"])
+@pytest.mark.parametrize("value", sorted(UNREADABLE))
+def test_a_row_that_cant_be_read_fails_unread(run_manage, on_postgres, value, batch):
+    vendor, _, _column = value.rpartition(" ")
+    if vendor and vendor != connection.vendor:
+        pytest.skip(f"a value only {vendor} holds")
+    written, raised = UNREADABLE[value]
+    hand = first_in_line("shop.tasks.record", ["hand"], max_attempts=3)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"UPDATE {Job._meta.db_table} SET {written} WHERE id = %s", [hand.pk]
+        )
+    good = five_good_jobs()
+
+    errs = []
+    for _run in range(2):  # the second meets it failed, and passes it by
+        code, _out, err = run_manage("flush_queue", "--batch", batch)
+        assert code == 0, err
+        errs.append(err)
+    assert f"Job {hand.pk}'s row can't be read ({raised}" in errs[0]
+    assert "can't be read" not in errs[1]
+
+    assert Job.objects.filter(pk=hand.pk, status=Job.Status.FAILED).exists()
+    [error] = Error.objects.filter(job_id=hand.pk).values_list("exception", flat=True)
+    assert error.startswith(
+        f"async_jobs.claiming.UnreadableRow: Job {hand.pk}'s row can't be read ({raised}"
+    )
+    assert not Mark.objects.filter(label="hand").exists()
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)

@@ -223,6 +223,33 @@ def test_a_result_nested_too_deep_to_write_fails_its_attempt_alone(run_manage):
     )
 
 
+@pytest.mark.processes
+def test_a_result_too_long_to_write_fails_its_attempt_alone_in_a_batch(run_manage):
+    # Writing the batch's outcomes raised ValueError: the worker died, and the
+    # jobs of its batch were charged with it.
+    bad, good = bad_and_good_jobs("shop.tasks.power_of_ten", [5000])
+    Job.objects.filter(pk=bad.pk).update(max_attempts=1)
+
+    code, out, err = run_manage("flush_queue", "--batch", "3")
+
+    assert code == 0, err
+    error = assert_it_failed_alone(bad, good, out)
+    assert error.exception == (
+        "builtins.TypeError: result: an int of more than 4300 digits can't be "
+        "written as JSON (sys.get_int_max_str_digits()); pass it as a str"
+    )
+
+
+@pytest.mark.parametrize(("exponent", "succeeds"), [(1000, True), (4300, False)])
+def test_an_int_json_can_write_is_allowed(exponent, succeeds):
+    args = [1, {"n": 10**exponent}]
+    if succeeds:
+        assert schedule("shop.tasks.echo", args=args).args == args
+    else:
+        with pytest.raises(TypeError, match=r"args\[1\]\['n'\]: an int of more"):
+            schedule("shop.tasks.echo", args=args)
+
+
 @pytest.mark.parametrize(("depth", "succeeds"), [(100, True), (101, False)])
 def test_a_result_may_nest_100_levels_deep(depth, succeeds):
     job = schedule("shop.tasks.nested_result", args=[depth], meta={"max_attempts": 1})
