@@ -28,10 +28,11 @@ import inspect
 import logging
 import os
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import datetime
@@ -184,8 +185,33 @@ def call(job: Job, interruption: Interruption | None = None) -> Any:
         function = wrapper.runner(job, function)
     elif inspect.iscoroutinefunction(function):
         function = async_to_sync(function)
-    with _running(job), time_limit(job.meta.get("timeout"), interruption):
-        return function(*job.args, **job.kwargs)
+    pid = os.getpid()
+    try:
+        with _running(job), time_limit(job.meta.get("timeout"), interruption):
+            result = function(*job.args, **job.kwargs)
+    except BaseException as exc:
+        _leave_if_forked(pid, exc)
+        raise
+    _leave_if_forked(pid, None)
+    return result
+
+
+def _leave_if_forked(pid: int, exc: BaseException | None) -> None:
+    """End a process the job forked, as it leaves the job's function.
+
+    A child that returns, or calls ``sys.exit()`` rather than ``os._exit()``,
+    would otherwise go on as a second worker, on its parent's connection.
+    It exits as ``sys.exit()`` would have, with nothing of the worker run.
+    """
+    if os.getpid() == pid:
+        return
+    code = 0 if exc is None else 1
+    if isinstance(exc, SystemExit):
+        code = exc.code if isinstance(exc.code, int) else int(exc.code is not None)
+    for stream in (sys.stdout, sys.stderr):
+        with suppress(Exception):
+            stream.flush()
+    os._exit(code)
 
 
 def run_claimed_jobs(

@@ -140,6 +140,8 @@ class Worker:
     alone: int = 0
     #: Times in a row the database's trouble lost a job's transaction, by id.
     strikes: dict[int, int] = field(default_factory=dict)
+    #: Whether jobs ran on the connection since a claim last failed on it.
+    used: bool = False
     # loop() only: when the jobs it knows of are due (a heap, monotonic clock),
     # when it last looked for due jobs, and the socket pair a stop request wakes.
     due_times: list[float] = field(default_factory=list)
@@ -195,6 +197,7 @@ class Worker:
 
         def starting(job: Job) -> None:
             attempted.append(job)
+            self.used = True
             if self.on_attempt is not None:
                 self.on_attempt(job)
 
@@ -232,13 +235,17 @@ class Worker:
             # The whole batch rolled back; the attempt that lost it is charged.
             self.owed.append(lost.lost)
             logger.error("Job %s: %s", lost.lost.job_id, lost.lost.reason)
-            with suppress(Error):
-                connections[self.using].close()
+            self._drop_connection()
             self._pay_owed()
             return True
         except DatabaseError as error:
-            if not attempted or long_job is not None:
+            if long_job is not None:
                 raise
+            if not attempted:
+                if not self.used or _databases_trouble(error):
+                    raise
+                self._claim_afresh(error)
+                return True
             times = 1
             if _databases_trouble(error):
                 if not self._struck_out(attempted, error):
@@ -250,10 +257,31 @@ class Worker:
             self.strikes.pop(outcome.job.pk, None)
             self._count(outcome)
         if long_job is not None:
+            self.used = True
             recorded = run_non_atomic(long_job, self.using)
             if recorded is not None:  # None: its lease was taken over
                 self._count(recorded)
         return bool(jobs)
+
+    def _claim_afresh(self, error: DatabaseError) -> None:
+        """A claim failed, not for the database's trouble, on a connection
+        that jobs ran on: they may have changed its session (``SET
+        default_transaction_read_only``, ``SET statement_timeout``), which
+        lasts past their transaction. The next claim is made on a new
+        connection; should that fail too, the failure is raised."""
+        logger.warning(
+            "The claim failed on a connection jobs have run on (%s): one may "
+            "have changed its session. Claiming again on a new connection.",
+            what_failed(error),
+        )
+        self._drop_connection()
+
+    def _drop_connection(self) -> None:
+        """Close the jobs' connection after its transaction failed: the next
+        statement opens a new one, in a session no job has changed."""
+        self.used = False
+        with suppress(Error):
+            connections[self.using].close()
 
     def _struck_out(self, attempted: list[Job], error: DatabaseError) -> bool:
         """The database's trouble lost the jobs' transaction once they had run
@@ -263,8 +291,7 @@ class Worker:
         in a row: it is then charged, as if refused. While the database is
         away, the next claim fails before any job runs, and no strike counts.
         """
-        with suppress(Error):
-            connections[self.using].close_if_unusable_or_obsolete()
+        self._drop_connection()
         if len(attempted) > 1:
             self.alone = len(attempted)
             strikes = 1
@@ -301,6 +328,7 @@ class Worker:
         checked. Nothing was written, their attempts included. A job run alone
         is charged the attempt; a batch's jobs are claimed again one at a time,
         so that the one at fault is."""
+        self._drop_connection()
         if len(attempted) > 1:
             logger.error(
                 "The database refused the transaction of a batch of %s jobs (%s); "
@@ -318,8 +346,6 @@ class Worker:
         )
         logger.error("Job %s: %s", lost.job_id, lost.reason)
         self.owed.append(lost)
-        with suppress(Error):
-            connections[self.using].close_if_unusable_or_obsolete()
         self._pay_owed()
 
     def _rescue_due(self) -> bool:

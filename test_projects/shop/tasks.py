@@ -4,6 +4,7 @@ import asyncio
 import ctypes
 import os
 import signal
+import sys
 import time
 
 # Imported, not defined, here: a job naming "shop.tasks.system" must be refused
@@ -348,6 +349,26 @@ def nested_result(depth: int) -> list:
     for _ in range(depth - 1):
         result = [result]
     return result
+
+
+def change_session(label: str, statement: str) -> str:
+    """Write a Mark, then run ``statement`` on the worker's connection: a
+    ``SET`` or ``PRAGMA`` that outlasts the job's transaction."""
+    Mark.objects.create(label=label)
+    with connection.cursor() as cursor:
+        cursor.execute(statement)
+    return label
+
+
+def fork_then(label: str, how: str) -> str:
+    """Write a Mark, then fork a child that, a moment later, leaves the job's
+    function as ``how`` says: "return", or "exit" (``sys.exit(0)``)."""
+    Mark.objects.create(label=label)
+    if os.fork() == 0:
+        time.sleep(0.2)
+        if how == "exit":
+            sys.exit(0)
+    return label
 
 
 def power_of_ten(exponent: int) -> int:

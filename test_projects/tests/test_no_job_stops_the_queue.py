@@ -473,3 +473,51 @@ def test_a_row_that_cant_be_read_fails_unread(run_manage, on_postgres, value, ba
     for job in good:
         job.refresh_from_db()
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+
+
+def test_a_job_that_changes_its_session_cant_stop_the_run(run_manage, on_postgres):
+    # PostgreSQL: the claim after it failed on the read-only session, and the
+    # run exited 1. SQLite: its own record failed, uncharged then charged; the
+    # charge failed on the session it left.
+    statement = (
+        "SET default_transaction_read_only = on"
+        if on_postgres
+        else "PRAGMA query_only = ON"
+    )
+    changer = first_in_line("shop.tasks.change_session", ["changer", statement])
+    good = five_good_jobs()
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    changer.refresh_from_db()
+    if on_postgres:
+        assert "Claiming again on a new connection." in err, (out, err)
+        assert (changer.status, changer.attempts) == (Job.Status.SUCCEEDED, 1)
+    else:
+        # Its writes take effect at once: its own transaction is refused.
+        assert (changer.status, changer.attempts) == (Job.Status.PENDING, 1)
+        [error] = changer.errors.values_list("exception", flat=True)
+        assert error == (
+            "django.db.utils.OperationalError: attempt to write a readonly database"
+        )
+    for job in good:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+
+
+@pytest.mark.parametrize("how", ["return", "exit"])
+def test_a_child_the_job_forks_ends_with_the_jobs_function(run_manage, how):
+    # It went on as a second worker, on its parent's connection: the run hung.
+    forker = first_in_line("shop.tasks.fork_then", ["forker", how])
+    good = five_good_jobs()
+
+    code, out, err = run_manage("flush_queue", timeout=60)
+
+    assert code == 0, err
+    assert "Ran 6 jobs" in out, (out, err)
+    for job in [forker, *good]:
+        job.refresh_from_db()
+        assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
+    labels = sorted(Mark.objects.values_list("label", flat=True))
+    assert labels == sorted(["forker", *(job.args[0] for job in good)])
