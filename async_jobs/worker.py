@@ -27,12 +27,14 @@ import select
 import signal
 import socket
 import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from itertools import takewhile
+from typing import Any
 
 from django.db import (
     DatabaseError,
@@ -121,6 +123,11 @@ def _databases_trouble(error: DatabaseError) -> bool:
     return not sqlstate or sqlstate.startswith(_TRANSIENT_SQLSTATES)
 
 
+#: Signals a job may take over that the worker needs back as it set them: its
+#: stop signals, and SIGALRM, which ends the process by default.
+_KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+
+
 @dataclass
 class Worker:
     using: str
@@ -142,6 +149,8 @@ class Worker:
     strikes: dict[int, int] = field(default_factory=dict)
     #: Whether jobs ran on the connection since a claim last failed on it.
     used: bool = False
+    #: The handlers of ``_KEPT_SIGNALS`` as the worker set them, before any job.
+    handlers: dict[int, Any] | None = None
     # loop() only: when the jobs it knows of are due (a heap, monotonic clock),
     # when it last looked for due jobs, and the socket pair a stop request wakes.
     due_times: list[float] = field(default_factory=list)
@@ -186,6 +195,7 @@ class Worker:
         if self.max_jobs is not None:
             limit = min(limit, self.max_jobs - self.processed)
         self._pay_owed()
+        self._tidy_process()
         self.last_claim = time.monotonic()
         if not worth_claiming(self.using, self.queues):
             return False  # SQLite: nothing due, so no write lock taken
@@ -196,6 +206,8 @@ class Worker:
         attempted: list[Job] = []
 
         def starting(job: Job) -> None:
+            if attempted:
+                self._tidy_process()
             attempted.append(job)
             self.used = True
             if self.on_attempt is not None:
@@ -262,6 +274,25 @@ class Worker:
             if recorded is not None:  # None: its lease was taken over
                 self._count(recorded)
         return bool(jobs)
+
+    def _tidy_process(self) -> None:
+        """Put back what jobs left of the process's signals, between jobs.
+
+        A job may arm ``signal.alarm()`` and fail before it disarms it: the
+        alarm would end the process during a later job, which would be
+        charged. Or it may ignore SIGTERM, and the worker could not be
+        stopped. Main thread only: signals are handled there.
+        """
+        if threading.current_thread() is not threading.main_thread():
+            return
+        if self.handlers is None:
+            self.handlers = {sig: signal.getsignal(sig) for sig in _KEPT_SIGNALS}
+            return
+        if signal.getitimer(signal.ITIMER_REAL)[0]:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for sig, handler in self.handlers.items():
+            if handler is not None and signal.getsignal(sig) is not handler:
+                signal.signal(sig, handler)
 
     def _claim_afresh(self, error: DatabaseError) -> None:
         """A claim failed, not for the database's trouble, on a connection

@@ -371,6 +371,19 @@ def fork_then(label: str, how: str) -> str:
     return label
 
 
+def leave_signals(label: str, how: str) -> None:
+    """Write a Mark, then leave the process's signals changed and fail: "alarm"
+    arms ``signal.alarm(1)`` (SIGALRM ends a process by default), "ignore"
+    ignores SIGTERM and SIGINT."""
+    Mark.objects.create(label=label)
+    if how == "alarm":
+        signal.alarm(1)
+    else:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise RuntimeError(f"left the signals changed ({how})")
+
+
 def power_of_ten(exponent: int) -> int:
     """Return 10 to the ``exponent``: more than 4,300 digits, and JSON can't
     write it (Python's limit on converting an int to a str)."""

@@ -521,3 +521,39 @@ def test_a_child_the_job_forks_ends_with_the_jobs_function(run_manage, how):
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
     labels = sorted(Mark.objects.values_list("label", flat=True))
     assert labels == sorted(["forker", *(job.args[0] for job in good)])
+
+
+def test_an_alarm_a_job_leaves_armed_cant_end_the_next_job(run_manage):
+    # The alarm went off during the next job and ended the worker's process:
+    # that job, innocent, was charged.
+    first_in_line("shop.tasks.leave_signals", ["alarm", "alarm"], max_attempts=1)
+    sleeper = schedule(
+        "shop.tasks.write_then_sleep", args=["sleeper", 1.5], meta={"priority": 50}
+    )
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    assert out.strip().endswith("1 succeeded, 0 to retry, 1 failed."), (out, err)
+    sleeper.refresh_from_db()
+    assert (sleeper.status, sleeper.attempts) == (Job.Status.SUCCEEDED, 1)
+    assert not sleeper.errors.exists()
+
+
+def test_a_job_ignoring_sigterm_cant_keep_the_worker_from_stopping(start_manage):
+    # The worker's process went on ignoring the SIGTERM its parent passed on.
+    worker = start_manage("flush_queue", "--loop", "--sleep", "0.2")
+    job = first_in_line(
+        "shop.tasks.leave_signals", ["ignore", "ignore"], max_attempts=1
+    )
+    deadline = time.monotonic() + 20
+    while Job.objects.get(pk=job.pk).status != Job.Status.FAILED:
+        assert time.monotonic() < deadline, "the job didn't run"
+        time.sleep(0.05)
+
+    worker.send_signal(signal.SIGTERM)
+    _out, err = worker.communicate(timeout=20)
+    code = worker.returncode
+
+    assert code == 0, err
+    assert "SIGTERM received: stopping" in err
