@@ -33,8 +33,10 @@ from async_jobs.transaction_internals import runs_statements_together, savepoint
 
 #: What reading a row written by hand can raise: a timestamp out of Python's
 #: range (psycopg's ``DataError``), an integer of more digits than Python reads
-#: (``ValueError``), JSON nested too deep (``RecursionError``), a date SQLite
-#: holds as text that isn't one (``ValueError``, ``AttributeError``).
+#: (``ValueError``), JSON nested too deep (``RecursionError``); on SQLite, which
+#: stores any value in any column, a date that isn't one (``ValueError``), a
+#: number where a date or JSON belongs (``TypeError``, ``AttributeError``,
+#: ``OverflowError``). Only where a row can't be read alone is it the data's.
 UNREADABLE = (
     DataError,
     ValueError,
@@ -121,7 +123,7 @@ def claim(
         if connection.features.has_select_for_update_skip_locked:
             found = found.select_for_update(skip_locked=True)
         found = found.order_by("-priority", "run_after", "id")[:limit]
-        jobs = read(found)
+        jobs = read_jobs(found)
         set_together = False
     if savepoint and jobs and not set_together:
         with connection.cursor() as cursor:
@@ -141,7 +143,7 @@ class UnreadableRow(Exception):
         self.cause = cause
 
 
-def read(jobs: QuerySet[Job]) -> list[Job]:
+def read_jobs(jobs: QuerySet[Job]) -> list[Job]:
     """The jobs; ``UnreadableRow`` if one of them can't be read."""
     try:
         return list(jobs)
@@ -155,9 +157,12 @@ def find_unreadable(using: str, ids: Iterable[int]) -> None:
     """Raise ``UnreadableRow`` for the first job of ``ids`` that can't be read
     alone: reading them together failed. If each can, the failure was not the
     data's doing, and the caller raises it."""
+    columns = [field.attname for field in Job._meta.concrete_fields]
     for pk in ids:
         try:
-            Job.objects.using(using).get(pk=pk)
+            # Values, not a Job: only the columns' converters run, no
+            # receiver of pre_init or post_init, whose bug would read as bad data.
+            Job.objects.using(using).filter(pk=pk).values_list(*columns).get()
         except UNREADABLE as cause:
             raise UnreadableRow(pk, cause) from cause
 

@@ -45,7 +45,7 @@ from django.utils import timezone
 
 from async_jobs import hooks
 from async_jobs.allowlist import FunctionNotAllowed, resolve
-from async_jobs.claiming import claim_transaction, read
+from async_jobs.claiming import claim_transaction, read_jobs
 from async_jobs.conf import jobs_database, jobs_settings
 from async_jobs.failures import described
 from async_jobs.models import Job
@@ -586,8 +586,9 @@ def run_non_atomic(job: Job, using: str) -> Outcome | None:
             exc = error
         finally:
             heartbeat.stop()
-    # The job may have closed or broken the connection: record on a new one.
-    connections[using].close_if_unusable_or_obsolete()
+    # Record on a new connection: the job may have closed or broken this one,
+    # or changed its session (``SET default_transaction_read_only``) for good.
+    connections[using].close()
     outcome = _record_non_atomic(
         job, using, result, exc, permanent, time.monotonic() - began
     )
@@ -647,7 +648,7 @@ def rescue_expired(using: str, limit: int = 100) -> list[Outcome]:
     if connections[using].features.has_select_for_update_skip_locked:
         jobs = jobs.select_for_update(skip_locked=True)
     outcomes = []
-    for job in read(jobs.order_by("lease_expires", "pk")[:limit]):
+    for job in read_jobs(jobs.order_by("lease_expires", "pk")[:limit]):
         heartbeat = job.heartbeat.isoformat() if job.heartbeat else "never"
         error = WorkerLost(
             f"worker lost: {job.worker} stopped renewing the lease of attempt "

@@ -120,8 +120,10 @@ class JobQuerySet(models.QuerySet):
     def fail_unreadable(self, pk: int, exc: BaseException) -> bool:
         """Fail a job whose row can't be read (``claiming.UnreadableRow``),
         without reading it: an ``Error`` row naming ``exc``, then ``failed``.
-        No worker could run it, and no retry mend it. False if it had
-        finished meanwhile (another worker failed it first)."""
+        No worker could run it, and no retry mend it. Nor can it be told to
+        ``hooks.settled()`` or ``job_finished``, which take a ``Job``: a group
+        it belongs to closes at the next sweep (PostgreSQL). False if it had finished
+        meanwhile (another worker failed it first)."""
         with transaction.atomic(using=self.db):
             found = (
                 self.select_for_update()
@@ -607,7 +609,7 @@ class Job(models.Model):
         so. (Refusing the retry would fail every record of the attempt, and
         the worker with it.)
         """
-        run_after, leased = self.run_after, self.lease_expires is not None or None
+        run_after, lease = self.run_after, self.lease_expires
         self.status = Job.Status.PENDING
         self.run_after = error.occurred + retry_delay(self.attempts, jobs_settings())
         if self.unique_key is None:
@@ -623,7 +625,8 @@ class Job(models.Model):
                 raise
         self.status, self.run_after = Job.Status.FAILED, run_after
         self.finished = error.occurred
-        self.record(using, leased=leased)
+        self.lease_expires = lease  # the record ends it, as the first would have
+        self.record(using)
         error.exception += (
             f" (not retried: job {twin}, its unique twin, was scheduled while "
             "it ran and is pending; it runs in its place)"

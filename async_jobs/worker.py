@@ -124,8 +124,12 @@ def _databases_trouble(error: DatabaseError) -> bool:
 
 
 #: Signals a job may take over that the worker needs back as it set them: its
-#: stop signals, and SIGALRM, which ends the process by default.
-_KEPT_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+#: stop signals, and SIGALRM (not on Windows), which ends the process by default.
+_KEPT_SIGNALS = tuple(
+    sig
+    for sig in (signal.SIGTERM, signal.SIGINT, getattr(signal, "SIGALRM", None))
+    if sig is not None
+)
 
 
 @dataclass
@@ -147,10 +151,12 @@ class Worker:
     alone: int = 0
     #: Times in a row the database's trouble lost a job's transaction, by id.
     strikes: dict[int, int] = field(default_factory=dict)
-    #: Whether jobs ran on the connection since a claim last failed on it.
+    #: Whether jobs ran on the connection since the worker last closed it.
     used: bool = False
     #: The handlers of ``_KEPT_SIGNALS`` as the worker set them, before any job.
     handlers: dict[int, Any] | None = None
+    #: Whether the alarm timer is the jobs': it wasn't armed before the first.
+    jobs_timer: bool = False
     # loop() only: when the jobs it knows of are due (a heap, monotonic clock),
     # when it last looked for due jobs, and the socket pair a stop request wakes.
     due_times: list[float] = field(default_factory=list)
@@ -238,11 +244,6 @@ class Worker:
                         savepoint_set=True,
                         commit=True,
                     )
-        except UnreadableRow as unreadable:
-            # Met by the claim or the rescue, before any job ran.
-            logger.error("%s: it fails, unread.", unreadable)
-            Job.objects.using(self.using).fail_unreadable(unreadable.job_id, unreadable)
-            return True
         except AttemptLost as lost:
             # The whole batch rolled back; the attempt that lost it is charged.
             self.owed.append(lost.lost)
@@ -250,14 +251,15 @@ class Worker:
             self._drop_connection()
             self._pay_owed()
             return True
-        except DatabaseError as error:
+        except Exception as error:
             if long_job is not None:
                 raise
             if not attempted:
-                if not self.used or _databases_trouble(error):
+                if not self._claim_failed(error):
                     raise
-                self._claim_afresh(error)
                 return True
+            if not isinstance(error, DatabaseError):
+                raise
             times = 1
             if _databases_trouble(error):
                 if not self._struck_out(attempted, error):
@@ -287,25 +289,41 @@ class Worker:
             return
         if self.handlers is None:
             self.handlers = {sig: signal.getsignal(sig) for sig in _KEPT_SIGNALS}
+            # One the process armed before the worker started is left alone.
+            self.jobs_timer = hasattr(signal, "getitimer") and not any(
+                signal.getitimer(signal.ITIMER_REAL)
+            )
             return
-        if signal.getitimer(signal.ITIMER_REAL)[0]:
+        if self.jobs_timer and any(signal.getitimer(signal.ITIMER_REAL)):
             signal.setitimer(signal.ITIMER_REAL, 0)
         for sig, handler in self.handlers.items():
             if handler is not None and signal.getsignal(sig) is not handler:
                 signal.signal(sig, handler)
 
-    def _claim_afresh(self, error: DatabaseError) -> None:
-        """A claim failed, not for the database's trouble, on a connection
-        that jobs ran on: they may have changed its session (``SET
-        default_transaction_read_only``, ``SET statement_timeout``), which
-        lasts past their transaction. The next claim is made on a new
-        connection; should that fail too, the failure is raised."""
-        logger.warning(
-            "The claim failed on a connection jobs have run on (%s): one may "
-            "have changed its session. Claiming again on a new connection.",
-            what_failed(error),
-        )
-        self._drop_connection()
+    def _claim_failed(self, error: Exception) -> bool:
+        """The claim (or the rescue before it) failed, before any job ran;
+        False if that is the database's failure, for the caller to raise.
+
+        On a connection jobs ran on, it is made again on a new one, once:
+        they may have changed its session in ways that outlast their
+        transaction (``SET default_transaction_read_only``, ``SET
+        DateStyle``, a timeout that ended it). Else a row no worker can read
+        is failed unread.
+        """
+        if self.used:
+            logger.warning(
+                "The claim failed on a connection jobs have run on (%s); one may "
+                "have changed its session. Claiming again on a new connection.",
+                what_failed(error),
+            )
+            self._drop_connection()
+        elif isinstance(error, UnreadableRow):
+            logger.error("%s: it fails, unread.", error)
+            if Job.objects.using(self.using).fail_unreadable(error.job_id, error):
+                self.counts[Outcome.FAILED] += 1
+        else:
+            return False
+        return True
 
     def _drop_connection(self) -> None:
         """Close the jobs' connection after its transaction failed: the next

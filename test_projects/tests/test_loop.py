@@ -257,13 +257,13 @@ def test_a_lost_worker_connection_is_reopened(idle_worker):
 
     terminate(worker_connection)
     # The notification wakes the worker, its claim finds the connection gone;
-    # it reconnects and runs the job.
+    # it claims again on a new one, and runs the job.
     run_and_wait("after")
 
     code, out, err = stop(idle_worker)
     assert code == 0, err
-    assert "Database 'default' failed" in err
-    assert "Reconnecting in" in err
+    assert "The claim failed on a connection jobs have run on (terminating" in err
+    assert "Claiming again on a new connection." in err
     assert "Ran 2 jobs" in out
 
 

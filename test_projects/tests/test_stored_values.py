@@ -241,7 +241,7 @@ def test_a_result_too_long_to_write_fails_its_attempt_alone_in_a_batch(run_manag
 
 
 @pytest.mark.parametrize(("exponent", "succeeds"), [(1000, True), (4300, False)])
-def test_an_int_json_can_write_is_allowed(exponent, succeeds):
+def test_an_int_is_allowed_as_long_as_json_can_write_it(exponent, succeeds):
     args = [1, {"n": 10**exponent}]
     if succeeds:
         assert schedule("shop.tasks.echo", args=args).args == args
