@@ -586,12 +586,24 @@ def run_non_atomic(job: Job, using: str) -> Outcome | None:
             exc = error
         finally:
             heartbeat.stop()
-    # Record on a new connection: the job may have closed or broken this one,
-    # or changed its session (``SET default_transaction_read_only``) for good.
-    connections[using].close()
-    outcome = _record_non_atomic(
-        job, using, result, exc, permanent, time.monotonic() - began
-    )
+    duration = time.monotonic() - began
+    # The job may have closed or broken the connection: record on a new one.
+    connections[using].close_if_unusable_or_obsolete()
+    try:
+        outcome = _record_non_atomic(job, using, result, exc, permanent, duration)
+    except Exception as error:
+        # Or it changed its session for good (``SET
+        # default_transaction_read_only``, ``SET DateStyle``); a new
+        # connection for every record would cost a connect per job.
+        logger.warning(
+            "Job %s %s: its outcome could not be recorded (%s); the job may "
+            "have changed its connection's session. Recording it on a new one.",
+            job.pk,
+            job.name,
+            described(error),
+        )
+        connections[using].close()
+        outcome = _record_non_atomic(job, using, result, exc, permanent, duration)
     if isinstance(exc, WorkerAborted):
         raise exc
     return outcome

@@ -517,6 +517,8 @@ def test_a_job_that_changes_its_session_cant_stop_the_run(
         assert (changer.status, changer.attempts) == (Job.Status.SUCCEEDED, 1)
         if atomic:
             assert "Claiming again on a new connection." in err, (out, err)
+        else:
+            assert "Recording it on a new one." in err, (out, err)
     for job in good:
         job.refresh_from_db()
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1)
