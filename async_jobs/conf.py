@@ -30,6 +30,11 @@ PRUNE_AFTER_DEFAULTS: dict[str, timedelta | None] = {
     "failed": timedelta(days=30),
 }
 
+#: The most attempts a job may be given, by ``meta`` or by default: far more
+#: than any job needs, and far within the ``attempts`` column of every
+#: database (PostgreSQL's ``integer`` stops at 2,147,483,647).
+MAX_ATTEMPTS_LIMIT = 1_000_000
+
 
 def is_number(value: object) -> TypeGuard[int | float]:
     """A finite int or float, not a bool: what every "seconds" value must be."""
@@ -163,9 +168,9 @@ SETTINGS = (
         3,
         "async_jobs.E012",
         _rule(
-            lambda value: is_int(value) and value >= 1,
-            "ASYNC_JOBS['MAX_ATTEMPTS'] must be an integer of at least 1, "
-            "not {value!r}.",
+            lambda value: is_int(value) and 1 <= value <= MAX_ATTEMPTS_LIMIT,
+            "ASYNC_JOBS['MAX_ATTEMPTS'] must be an integer from 1 to "
+            f"{MAX_ATTEMPTS_LIMIT:,}, not {{value!r}}.",
         ),
         doc="How many times a job is tried before it is failed.",
     ),

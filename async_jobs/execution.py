@@ -71,6 +71,9 @@ _OUTCOME_FIELDS = (
 #: Errors no retry can fix: the job fails at once.
 PERMANENT_ERRORS = (FunctionNotAllowed,)
 
+#: The most ``attempts`` holds on every database (PostgreSQL's ``integer``).
+ATTEMPTS_CEILING = 2**31 - 1
+
 
 class WorkerAborted(KeyboardInterrupt):
     """A second stop signal: abandon the running job, roll it back.
@@ -299,7 +302,9 @@ def _settled(jobs: list[Job], using: str) -> bool:
 
 def _begin(job: Job, starting: Callable[[Job], None] | None) -> None:
     """Count an attempt that starts now, and log who runs it."""
-    job.attempts += 1
+    # A count written by hand at the column's limit stays there: counted past
+    # it, the attempt could never be recorded.
+    job.attempts = min(job.attempts + 1, ATTEMPTS_CEILING)
     job.started = timezone.now()
     job.log_attempt(worker_id(), job.started)
     if starting is not None:

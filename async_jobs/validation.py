@@ -21,7 +21,7 @@ from django.conf import settings
 from django.db import models
 from django.utils import timezone
 
-from async_jobs.conf import JobsSettings, is_int, is_number
+from async_jobs.conf import MAX_ATTEMPTS_LIMIT, JobsSettings, is_int, is_number
 from async_jobs.cron import (
     REPEAT_MAX,
     REPEAT_MIN,
@@ -61,7 +61,7 @@ TIMEOUT_MAX = 30 * 86400
 META_KEYS = {
     "priority": "an int from -100 to 100, higher runs first (default 0)",
     "queue": "a queue name (default 'default')",
-    "max_attempts": "an int >= 1",
+    "max_attempts": f"an int from 1 to {MAX_ATTEMPTS_LIMIT:,}",
     "timeout": (f"seconds, a number from {TIMEOUT_MIN} to {TIMEOUT_MAX} (30 days)"),
     "repeat": REPEAT_RULE,
     "repeat_until": (
@@ -151,7 +151,7 @@ def _check_meta(
             f"({', '.join(map(repr, config.queues))}); no worker would run it."
         )
     if "max_attempts" in meta and not (
-        is_int(meta["max_attempts"]) and meta["max_attempts"] >= 1
+        is_int(meta["max_attempts"]) and 1 <= meta["max_attempts"] <= MAX_ATTEMPTS_LIMIT
     ):
         raise _meta_error("max_attempts", meta["max_attempts"])
     if "timeout" in meta:

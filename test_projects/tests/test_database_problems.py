@@ -98,4 +98,4 @@ def test_bad_setting_stops_the_command(run_manage, tmp_path):
     assert "(async_jobs.E002) ASYNC_JOBS has unknown key(s) 'QUEUS'" in err
     assert "(async_jobs.E012) ASYNC_JOBS['MAX_ATTEMPTS']" in err
     assert "unknown key(s) 'QUEUS'" in err
-    assert "ASYNC_JOBS['MAX_ATTEMPTS'] must be an integer of at least 1" in err
+    assert "ASYNC_JOBS['MAX_ATTEMPTS'] must be an integer from 1 to 1,000,000" in err

@@ -416,6 +416,25 @@ def test_a_looping_worker_charges_the_databases_trouble_that_comes_back(
         assert (job.status, job.attempts) == (Job.Status.SUCCEEDED, 1), err
 
 
+def test_attempts_written_by_hand_at_the_columns_limit_cant_stop_the_queue(
+    run_manage,
+):
+    # Counting the next attempt overflowed the column: every run exited 1.
+    hand = first_in_line("shop.tasks.record", ["hand"], max_attempts=1)
+    Job.objects.filter(pk=hand.pk).update(attempts=2**31 - 1, max_attempts=1_000_000)
+    good = five_good_jobs()
+
+    code, out, err = run_manage("flush_queue")
+
+    assert code == 0, err
+    assert "Ran 6 jobs" in out, (out, err)
+    for job in [hand, *good]:
+        job.refresh_from_db()
+        assert job.status == Job.Status.SUCCEEDED
+    hand.refresh_from_db()
+    assert hand.attempts == 2**31 - 1
+
+
 #: Values Python can't read, written by hand: (SQL, what reading it raises).
 UNREADABLE = {
     "args": (f"args = '[1{'0' * 5000}]'", "ValueError: Exceeds the limit"),

@@ -239,6 +239,14 @@ def test_naive_datetime_is_refused():
         ({"priority": True}, ValueError, r"meta\['priority'\] is True"),
         ({"queue": ""}, ValueError, r"meta\['queue'\] is ''"),
         ({"max_attempts": 0}, ValueError, r"meta\['max_attempts'\] is 0"),
+        # PostgreSQL's integer column refused it with "integer out of range".
+        (
+            {"max_attempts": 2**31},
+            ValueError,
+            r"meta\['max_attempts'\] is 2147483648; it must be an int from 1 to "
+            "1,000,000",
+        ),
+        ({"max_attempts": 1_000_001}, ValueError, r"meta\['max_attempts'\] is 1000001"),
         ({"timeout": -1}, ValueError, r"meta\['timeout'\] is -1"),
         ({"timeout": float("inf")}, ValueError, r"meta\['timeout'\] is inf"),
         (

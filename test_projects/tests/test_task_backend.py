@@ -352,7 +352,10 @@ def test_options_set_the_meta_of_every_task(flush_queue):
             {"retries": 2},
             "has unknown key(s) 'retries'; allowed: max_attempts, timeout",
         ),
-        ({"max_attempts": 0}, "meta['max_attempts'] is 0; it must be an int >= 1"),
+        (
+            {"max_attempts": 0},
+            "meta['max_attempts'] is 0; it must be an int from 1 to 1,000,000",
+        ),
         ({"timeout": -1}, "meta['timeout'] is -1"),
         ([], "must be a dict, not list"),
     ],
