@@ -140,7 +140,6 @@ class UnreadableRow(Exception):
     def __init__(self, job_id: int, cause: BaseException) -> None:
         super().__init__(f"Job {job_id}'s row can't be read ({described(cause)})")
         self.job_id = job_id
-        self.cause = cause
 
 
 def read_jobs(jobs: QuerySet[Job]) -> list[Job]:

@@ -122,8 +122,8 @@ class JobQuerySet(models.QuerySet):
         without reading it: an ``Error`` row naming ``exc``, then ``failed``.
         No worker could run it, and no retry mend it. Nor can it be told to
         ``hooks.settled()`` or ``job_finished``, which take a ``Job``: a group
-        it belongs to closes at the next sweep (PostgreSQL). False if it had finished
-        meanwhile (another worker failed it first)."""
+        it belongs to closes at the next sweep (PostgreSQL). False if it had
+        finished meanwhile (another worker failed it first)."""
         with transaction.atomic(using=self.db):
             found = (
                 self.select_for_update()
